@@ -1,0 +1,52 @@
+# One local gate, identical to CI: `make test`.
+# Every target works on a fresh machine that has only python3: the venv is
+# created and the project installed on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: all venv demo test lint typecheck contracts pytest spec vectors bench campaign clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## demo: show the protocol: one session's frames, encoded, decoded and annotated
+demo: $(STAMP)
+	$(BIN)/pumprig demo
+
+## lint: ruff (lint and format check), mypy --strict, import-linter layer contracts
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## test: everything CI runs: lint, then the test suite (CI-sized hypothesis profile)
+test: lint
+	$(BIN)/python -m pytest -q
+
+## spec: regenerate SPEC.md and the golden vectors from the definitions
+spec: $(STAMP)
+	$(BIN)/python -m protocol_spec.specgen --write
+	$(BIN)/python -m protocol_spec.vectorgen --write
+
+## bench: codec benchmarks, written afresh to bench/results.json
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --out bench/results.json
+
+## campaign: the long runs (larger hypothesis profile)
+campaign: $(STAMP)
+	HYPOTHESIS_PROFILE=campaign $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,34 @@
+"""The ``pumprig`` command: the root group, mounting the commands each package contributes."""
+
+from __future__ import annotations
+
+import click
+
+from protocol_spec import __version__
+from protocol_spec.cli import decode
+
+from .demo import demo
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="pumprig")
+def cli() -> None:
+    """pumprig: a virtual implanted ITB pump, its telemetry protocol and a test rig.
+
+    \b
+    Start here:
+      pumprig demo                      a session's frames, encoded, decoded and annotated
+      pumprig decode --help             annotate frames from a capture or a board
+
+    Protocol: protocol_spec/SPEC.md; golden vectors: protocol_spec/vectors/.
+    """
+
+
+cli.add_command(decode)
+cli.add_command(demo)
+
+
+def main() -> None:
+    cli()
