@@ -1,0 +1,166 @@
+"""Codec benchmarks: how much of a frame's line time the codec costs.
+
+For each case a secured frame is encoded (header, AEAD, CRC-32, COBS) and decoded (deframe,
+CRC, tag, payload, ranges) many times; the medians and 90th percentiles are set against the
+time the same frame takes on the line at 115200 baud 8N1. The goal is a codec cost of at most
+1 % of line time. Each case also times the payload parse with construct's compiled struct
+against the interpreted one, both measured in the same run (a ratio, not an absolute figure).
+
+    python -m bench.run --out bench/results.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol_spec import messages as m
+from protocol_spec.codec import Header, decode_body, encode_packet, encode_payload
+from protocol_spec.enums import PROTOCOL_VERSION, AlarmSet, BatteryState, BolusKind, FrameFlags, MsgType, TherapyMode
+from protocol_spec.examples import HANDSHAKE, flex_13_steps
+from protocol_spec.fields import struct_of, whole_payload_parser
+from protocol_spec.framing import Deframer
+
+FORMAT = "pumprig-bench/1"
+BAUD = 115_200
+BITS_PER_BYTE = 10  # 8N1: start, 8 data, stop
+GOAL_PERCENT = 1.0
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    header: Header
+    message: Any
+
+
+def _cases() -> list[Case]:
+    keys = HANDSHAKE.keys
+    status = m.StatusReply(
+        uptime_ms=2_592_000_000,
+        wall_clock_ms=1_795_000_000_000,
+        mode=TherapyMode.CONTINUOUS,
+        rate_nl_per_day=600_000,
+        bolus_active=BolusKind.NONE,
+        reservoir_estimate_nl=2_100_000,
+        delivered_nl=17_900_000,
+        battery_state=BatteryState.OK,
+        alarms=AlarmSet(0),
+        staged=0,
+    )
+    reply_flags = FrameFlags.FROM_PUMP | FrameFlags.SECURED
+    return [
+        Case(
+            "status_reply",
+            Header(PROTOCOL_VERSION, MsgType.STATUS, reply_flags, keys.session_id, 41, 40, 0),
+            status,
+        ),
+        Case(
+            "stage_program_flex13",
+            Header(PROTOCOL_VERSION, MsgType.STAGE_PROGRAM, FrameFlags.SECURED, keys.session_id, 42, 0, 0x0C0FFEE0),
+            m.StageProgram(0, flex_13_steps()),
+        ),
+    ]
+
+
+def _time_us(fn: Callable[[], object], repeats: int, inner: int) -> list[float]:
+    """Per-call times in microseconds: ``repeats`` samples, each the mean of ``inner`` calls."""
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter_ns() - t0) / inner / 1000)
+    return samples
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "median_us": round(statistics.median(ordered), 2),
+        "p90_us": round(ordered[int(0.9 * (len(ordered) - 1))], 2),
+    }
+
+
+def run_case(case: Case, repeats: int, inner: int) -> dict[str, Any]:
+    keys = HANDSHAKE.keys
+    wire = encode_packet(case.header, case.message, keys)
+    deframer = Deframer()
+
+    def decode() -> object:
+        (body,) = deframer.feed(wire)
+        assert isinstance(body, bytes)
+        return decode_body(body, keys)
+
+    result = decode()
+    if getattr(result, "message", None) != case.message:
+        raise SystemExit(f"bench: {case.name} does not round-trip: {result}")
+    encode = _stats(_time_us(lambda: encode_packet(case.header, case.message, keys), repeats, inner))
+    dec = _stats(_time_us(decode, repeats, inner))
+    payload = encode_payload(case.message)
+    cls = type(case.message)
+    compiled = _stats(_time_us(lambda: whole_payload_parser(cls).parse(payload), repeats, inner))
+    interpreted = _stats(_time_us(lambda: struct_of(cls).parse(payload), repeats, inner))
+    line_us = len(wire) * BITS_PER_BYTE / BAUD * 1e6
+    codec_us = encode["median_us"] + dec["median_us"]
+    return {
+        "case": case.name,
+        "wire_bytes": len(wire),
+        "payload_bytes": len(payload),
+        "line_time_us": round(line_us, 1),
+        "encode": encode,
+        "decode": dec,
+        "codec_percent_of_line_time": round(100 * codec_us / line_us, 3),
+        "within_goal": 100 * codec_us / line_us <= GOAL_PERCENT,
+        "payload_parse_compiled": compiled,
+        "payload_parse_interpreted": interpreted,
+        "interpreted_over_compiled": round(interpreted["median_us"] / compiled["median_us"], 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="write the JSON result here")
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run, not a figure)")
+    args = parser.parse_args(argv)
+    repeats, inner = (5, 50) if args.quick else (31, 300)
+    results = []
+    for case in _cases():
+        print(f"bench: {case.name} ...", flush=True)
+        results.append(run_case(case, repeats, inner))
+    doc = {
+        "format": FORMAT,
+        "goal": f"encode + decode median <= {GOAL_PERCENT} % of the frame's time at {BAUD} baud 8N1",
+        "samples": {"repeats": repeats, "calls_per_sample": inner},
+        "machine": {
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "cases": results,
+    }
+    for r in results:
+        print(
+            f"{r['case']:<22} {r['wire_bytes']:>4} B on the wire, line {r['line_time_us']:>8.1f} us | "
+            f"encode {r['encode']['median_us']:>6.1f} us, decode {r['decode']['median_us']:>6.1f} us "
+            f"(median) = {r['codec_percent_of_line_time']:.2f} % of line time "
+            f"[{'within' if r['within_goal'] else 'OVER'} the {GOAL_PERCENT} % goal] | "
+            f"interpreted/compiled parse {r['interpreted_over_compiled']}x"
+        )
+    if args.out is not None:
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"bench: wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
