@@ -1,0 +1,39 @@
+"""The event log: a bounded ring of entries with a life-long sequence number."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from protocol_spec.enums import LogEventKind
+from protocol_spec.messages import LogEntry
+
+__all__ = ["EventLog"]
+
+
+class EventLog:
+    """Keeps the newest ``capacity`` entries; ``seq`` counts every entry ever written."""
+
+    def __init__(self, capacity: int) -> None:
+        self._entries: deque[LogEntry] = deque(maxlen=capacity)
+        self.next_seq = 0
+
+    def add(self, at_ms: int, wall_ms: int, kind: LogEventKind, code: int = 0, a: int = 0, b: int = 0) -> LogEntry:
+        entry = LogEntry(self.next_seq, at_ms, wall_ms, kind, code, 1, a, b)
+        self._entries.append(entry)
+        self.next_seq += 1
+        return entry
+
+    @property
+    def oldest_seq(self) -> int:
+        return self._entries[0].seq if self._entries else self.next_seq
+
+    def page(self, first_seq: int, max_items: int) -> list[LogEntry]:
+        """Entries from ``first_seq`` on (or from the oldest kept), at most ``max_items``."""
+        start = max(first_seq, self.oldest_seq) - self.oldest_seq
+        return [self._entries[i] for i in range(start, min(len(self._entries), start + max_items))]
+
+    def entries(self, kind: LogEventKind | None = None) -> list[LogEntry]:
+        return [e for e in self._entries if kind is None or e.kind is kind]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,910 @@
+"""The virtual pump: reservoir, motor, battery, therapy, alarms and log on a virtual clock.
+
+Time moves only through ``advance(now_ms)``. It jumps from one event that can change the
+state to the next (a flex step, a bolus end, the motor step that crosses a reservoir
+threshold, ERI, EOS) and in between moves the integral, the motor steps, the reservoir and
+the battery in closed form, so the cost grows with events, not with steps.
+
+Commands act at the pump's present time (advance first). A command is checked completely
+before anything changes: a refusal raises ``RefusalError`` and leaves the pump as it was.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from protocol_spec.enums import (
+    AlarmCode,
+    AlarmPriority,
+    AlarmSet,
+    BatteryState,
+    BolusKind,
+    DrugId,
+    ErrorCode,
+    FaultKind,
+    LogEventKind,
+    TherapyMode,
+    alarm_priority,
+)
+from protocol_spec.messages import PatientBolusGrant, PatientBolusSettings, Program
+
+from .alarms import ActiveAlarm, AlarmBoard
+from .config import PumpConfig
+from .delivery import RatePiece, ms_to_reach, step_quantum_nlms
+from .errors import RefusalError
+from .eventlog import EventLog
+from .machine import MODE_OF_STATE, RUN_TRIGGER, PumpState, TherapyMachine
+from .units import MS_PER_DAY, dose_ng_for_volume, rate_nl_per_day, volume_nl_for_dose
+
+__all__ = ["Bolus", "Pump", "PumpStatus", "RefillResult", "TherapyCheck"]
+
+_NEVER = 1 << 62
+_DAY = MS_PER_DAY
+# Program field indices, for refusals that name a field (Program's wire order)
+_F_MODE, _F_CONC, _F_DOSE, _F_BOLUS_DOSE, _F_BOLUS_MS, _F_CYCLE, _F_STEPS = range(7)
+
+
+@dataclass
+class Bolus:
+    """A running bolus. PRIMING and BRIDGE replace the basal rate while they run (they push
+    the dead volume); PATIENT adds to it; SINGLE is the single-bolus mode's delivery."""
+
+    kind: BolusKind
+    volume_nl: int
+    rate_nl_per_day: int
+    started_ms: int
+    remaining_nlms: int
+    replaces_basal: bool
+
+
+@dataclass(frozen=True)
+class TherapyCheck:
+    """What an accepted program or bolus will do, as STAGE replies report it."""
+
+    max_dose_ng_per_day: int
+    max_rate_nl_per_day: int
+    soft_limit_overridden: bool
+
+
+@dataclass(frozen=True)
+class RefillResult:
+    expected_volume_nl: int
+    aspirated_volume_nl: int
+    discrepancy_nl: int
+    reservoir_estimate_nl: int
+    concentration_changed: bool
+    bridge_volume_nl: int
+
+
+@dataclass(frozen=True)
+class PumpStatus:
+    """A read-only picture of the pump at ``now_ms``."""
+
+    now_ms: int
+    wall_clock_ms: int
+    state: PumpState
+    mode: TherapyMode
+    basal_rate_nl_per_day: int
+    """What the program asks for now (0 while the motor is held)."""
+    effective_rate_nl_per_day: int
+    """Basal plus bolus as the motor runs now."""
+    bolus_active: BolusKind
+    reservoir_estimate_nl: int
+    true_reservoir_nl: int
+    commanded_nl: int
+    """Motor steps times the nominal step volume, since manufacture."""
+    delivered_true_nl: int
+    steps_total: int
+    battery_charge_pc: int
+    battery_state: BatteryState
+    alarms: AlarmSet
+    concentration_ug_per_ml: int
+    eri_at_ms: int | None
+    eos_at_ms: int | None
+
+
+@dataclass
+class _Segment:
+    """Constant total rate from ``start_ms``; the integral was ``start_nlms`` then."""
+
+    start_ms: int
+    start_nlms: int
+    rate_nl_per_day: int
+
+
+@dataclass
+class _FlexPlan:
+    offsets_ms: list[int]
+    rates_nl_per_day: list[int]
+    cycle_ms: int
+    anchor_wall_ms: int
+
+
+@dataclass
+class _Accounts:
+    """Everything that only grows or only shrinks, in integer units."""
+
+    integral_nlms: int = 0
+    steps_total: int = 0
+    estimate_nl: int = 0
+    true_reservoir_nl: int = 0
+    delivered_true_nl: int = 0
+    filled_total_nl: int = 0
+    """Every nanolitre ever put in (conservation: true + delivered + removed = filled)."""
+    removed_true_nl: int = 0
+    """Every nanolitre taken out by aspiration at refills."""
+    charge_pc: int = 0
+    frames: int = 0
+
+
+@dataclass
+class _Dosing:
+    """Dose history for the rolling-24-h increase limit: (from_ms, max dose or None)."""
+
+    history: list[tuple[int, int | None]] = field(default_factory=list)
+
+
+class Pump:
+    """The implanted pump's firmware, pure and on virtual time."""
+
+    def __init__(self, config: PumpConfig | None = None, *, wall_clock_ms: int = 0, record_rates: bool = False) -> None:
+        self.config = cfg = config if config is not None else PumpConfig()
+        self.now_ms = 0
+        self._wall_offset_ms = wall_clock_ms
+        self._fsm = TherapyMachine()
+        self.program = Program(TherapyMode.STOPPED, 0, 0, 0, 0, 0, ())
+        self.drug = DrugId.NONE
+        self.concentration_ug_per_ml = 0
+        self.acc = _Accounts(charge_pc=cfg.battery.capacity_pc)
+        self.alarms = AlarmBoard(cfg.critical_repeat_ms, cfg.non_critical_repeat_ms)
+        self.low_reservoir_threshold_nl = cfg.low_reservoir_threshold_nl
+        self.log = EventLog(cfg.event_log_capacity)
+        self.bolus: Bolus | None = None
+        self.patient_bolus = PatientBolusSettings(0, 0, 0, 0, 0)
+        self._patient_starts: deque[int] = deque()
+        self._dosing = _Dosing()
+        self._loaded = False
+        self._continuous_rate = 0
+        self._flex: _FlexPlan | None = None
+        self.eri_at_ms: int | None = None
+        self.eos_at_ms: int | None = None
+        self._q = step_quantum_nlms(cfg.step_volume_nl)
+        self._true_step_nl = cfg.step_volume_nl + cfg.stroke_error_nl_per_step
+        self._basal_eff = 0
+        self._bolus_eff = 0
+        self._next_event_ms = _NEVER
+        self._eri_due_ms = _NEVER
+        self._eos_due_ms = _NEVER
+        self._segments: deque[_Segment] = deque([_Segment(0, 0, 0)])
+        self.rate_pieces: list[RatePiece] | None = [] if record_rates else None
+        self._open_basal: RatePiece | None = None
+        self.events_processed = 0
+        self._replan()
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def state(self) -> PumpState:
+        return self._fsm.state
+
+    @property
+    def mode(self) -> TherapyMode:
+        return MODE_OF_STATE[self._fsm.state]
+
+    @property
+    def wall_clock_ms(self) -> int:
+        return self.now_ms + self._wall_offset_ms
+
+    @property
+    def battery_state(self) -> BatteryState:
+        if self.eos_at_ms is not None:
+            return BatteryState.EOS
+        return BatteryState.ERI if self.eri_at_ms is not None else BatteryState.OK
+
+    def status(self) -> PumpStatus:
+        a = self.acc
+        return PumpStatus(
+            now_ms=self.now_ms,
+            wall_clock_ms=self.wall_clock_ms,
+            state=self.state,
+            mode=self.mode,
+            basal_rate_nl_per_day=self._basal_eff,
+            effective_rate_nl_per_day=self._basal_eff + self._bolus_eff,
+            bolus_active=self.bolus.kind if self.bolus is not None else BolusKind.NONE,
+            reservoir_estimate_nl=a.estimate_nl,
+            true_reservoir_nl=a.true_reservoir_nl,
+            commanded_nl=a.steps_total * self.config.step_volume_nl,
+            delivered_true_nl=a.delivered_true_nl,
+            steps_total=a.steps_total,
+            battery_charge_pc=a.charge_pc,
+            battery_state=self.battery_state,
+            alarms=self.alarms.as_set(),
+            concentration_ug_per_ml=self.concentration_ug_per_ml,
+            eri_at_ms=self.eri_at_ms,
+            eos_at_ms=self.eos_at_ms,
+        )
+
+    def therapy_digest(self) -> tuple[object, ...]:
+        """Everything a refused command must leave unchanged."""
+        a = self.acc
+        return (
+            self.now_ms,
+            self._wall_offset_ms,
+            self.state,
+            self.program,
+            self.drug,
+            self.concentration_ug_per_ml,
+            (a.integral_nlms, a.steps_total, a.estimate_nl, a.true_reservoir_nl, a.delivered_true_nl),
+            (a.filled_total_nl, a.removed_true_nl, a.charge_pc, a.frames),
+            None if self.bolus is None else (self.bolus.kind, self.bolus.remaining_nlms, self.bolus.rate_nl_per_day),
+            self.patient_bolus,
+            tuple(self._patient_starts),
+            tuple(self._dosing.history),
+            {c: (x.raised_ms, x.acknowledged, x.silenced_until_ms) for c, x in self.alarms.active.items()},
+            self.low_reservoir_threshold_nl,
+            (self.alarms.critical_repeat_ms, self.alarms.non_critical_repeat_ms),
+            self.log.next_seq,
+            (self._basal_eff, self._bolus_eff, self._next_event_ms),
+        )
+
+    def step_times(self, first_step: int, max_items: int) -> list[int]:
+        """Times (uptime ms) of steps ``first_step`` .. (0-based, since manufacture), computed
+        from the rate segments the pump keeps for its last ``step_log_capacity`` steps."""
+        q = self._q
+        out: list[int] = []
+        segs = list(self._segments)
+        k = max(first_step, self.oldest_logged_step)
+        while k < self.acc.steps_total and len(out) < max_items:
+            target = (k + 1) * q
+            i = len(segs) - 1
+            while i > 0 and segs[i].start_nlms >= target:
+                i -= 1
+            seg = segs[i]
+            out.append(seg.start_ms + ms_to_reach(seg.start_nlms, target, seg.rate_nl_per_day))
+            k += 1
+        return out
+
+    @property
+    def oldest_logged_step(self) -> int:
+        """The first step whose time ``step_times`` can still give."""
+        return max(0, self.acc.steps_total - self.config.step_log_capacity, self._segments[0].start_nlms // self._q)
+
+    # ------------------------------------------------------------------ time
+
+    def advance(self, now_ms: int) -> None:
+        """Move virtual time forward to ``now_ms`` (uptime, ms), handling every event on the way."""
+        if now_ms < self.now_ms:
+            raise ValueError(f"time runs forward only: {now_ms} < {self.now_ms}")
+        while self._next_event_ms <= now_ms:
+            self._integrate_to(self._next_event_ms)
+            self._on_event()
+        self._integrate_to(now_ms)
+
+    def next_event_ms(self) -> int | None:
+        """When the next state-changing event falls due (None: nothing will ever change)."""
+        return None if self._next_event_ms >= _NEVER else self._next_event_ms
+
+    def _integrate_to(self, t: int) -> None:
+        dt = t - self.now_ms
+        if dt <= 0:
+            return
+        a = self.acc
+        added = self._basal_eff * dt
+        bolus = self.bolus
+        if self._bolus_eff and bolus is not None:
+            b = min(bolus.remaining_nlms, self._bolus_eff * dt)
+            bolus.remaining_nlms -= b
+            added += b
+        if added:
+            a.integral_nlms += added
+            new_steps = a.integral_nlms // self._q - a.steps_total
+            if new_steps:
+                a.steps_total += new_steps
+                a.estimate_nl -= new_steps * self.config.step_volume_nl
+                moved = min(new_steps * self._true_step_nl, a.true_reservoir_nl)
+                a.true_reservoir_nl -= moved
+                a.delivered_true_nl += moved
+                a.charge_pc -= new_steps * self.config.battery.step_pc
+        a.charge_pc = max(0, a.charge_pc - self.config.battery.quiescent_pc_per_ms * dt)
+        self.now_ms = t
+
+    def _on_event(self) -> None:
+        self.events_processed += 1
+        bolus = self.bolus
+        if bolus is not None and bolus.remaining_nlms == 0:
+            self._end_bolus(LogEventKind.BOLUS_COMPLETED)
+        self._check_reservoir_alarms()
+        if self.eri_at_ms is None and self.now_ms >= self._eri_due_ms:
+            self.eri_at_ms = self.now_ms
+            self._raise(AlarmCode.ERI)
+        if self.eos_at_ms is None and self.now_ms >= self._eos_due_ms:
+            self._end_of_service()
+        self._replan()
+
+    # ------------------------------------------------------------------ planning
+
+    def _held(self) -> bool:
+        active = self.alarms.active
+        return (
+            AlarmCode.EMPTY_RESERVOIR in active
+            or AlarmCode.MOTOR_STALL in active
+            or self._fsm.state is PumpState.END_OF_SERVICE
+        )
+
+    def _program_rate_now(self) -> int:
+        st = self._fsm.state
+        if st is PumpState.CONTINUOUS:
+            return self._continuous_rate
+        if st is PumpState.FLEX:
+            plan = self._flex
+            assert plan is not None
+            pos = (self.wall_clock_ms - plan.anchor_wall_ms) % plan.cycle_ms
+            return plan.rates_nl_per_day[bisect.bisect_right(plan.offsets_ms, pos) - 1]
+        if st is PumpState.MINIMUM_RATE:
+            return self.config.limits.min_rate_nl_per_day
+        return 0
+
+    def _program_peak_rate(self) -> int:
+        """The present program's highest basal rate: what ERI assumes the therapy will be."""
+        st = self._fsm.state
+        if st is PumpState.FLEX:
+            assert self._flex is not None
+            return max(self._flex.rates_nl_per_day)
+        return self._program_rate_now() if st is not PumpState.SINGLE_BOLUS else 0
+
+    def _replan(self) -> None:
+        """Recompute the effective rates and when the next event falls due."""
+        held = self._held()
+        bolus = self.bolus
+        basal = 0 if held or (bolus is not None and bolus.replaces_basal) else self._program_rate_now()
+        bolus_rate = bolus.rate_nl_per_day if bolus is not None and not held else 0
+        self._record_rates(basal)
+        self._basal_eff, self._bolus_eff = basal, bolus_rate
+        rate = basal + bolus_rate
+        now = self.now_ms
+        a = self.acc
+        q = self._q
+        segs = self._segments
+        if segs[-1].rate_nl_per_day != rate:
+            if segs[-1].start_ms == now:
+                segs.pop()
+            segs.append(_Segment(now, a.integral_nlms, rate))
+            floor_nlms = (a.steps_total - self.config.step_log_capacity) * q
+            while len(segs) > 1 and segs[1].start_nlms <= floor_nlms:
+                segs.popleft()
+        nxt = _NEVER
+        if self._fsm.state is PumpState.FLEX:
+            plan = self._flex
+            assert plan is not None
+            pos = (self.wall_clock_ms - plan.anchor_wall_ms) % plan.cycle_ms
+            i = bisect.bisect_right(plan.offsets_ms, pos)
+            boundary = plan.offsets_ms[i] if i < len(plan.offsets_ms) else plan.offsets_ms[0] + plan.cycle_ms
+            nxt = now + boundary - pos
+        if bolus_rate and bolus is not None:
+            nxt = min(nxt, now + ms_to_reach(0, bolus.remaining_nlms, bolus_rate))
+        if rate and self._loaded:
+            step = self.config.step_volume_nl
+            est = a.estimate_nl
+            ks = [est // step]  # the step after which less than one step is left: EMPTY
+            if AlarmCode.LOW_RESERVOIR not in self.alarms.active:
+                ks.append(-(-(est - self.low_reservoir_threshold_nl) // step))
+            k = min(x for x in ks if x >= 1) if any(x >= 1 for x in ks) else 0
+            if k:
+                nxt = min(nxt, now + ms_to_reach(a.integral_nlms, (a.steps_total + k) * q, rate))
+        self._plan_battery(rate)
+        self._next_event_ms = min(nxt, self._eri_due_ms, self._eos_due_ms)
+
+    def _plan_battery(self, rate: int) -> None:
+        """ERI and EOS times from the drain at the present rate, taken continuously (steps
+        as their exact fraction), so each is due within one step's charge of its threshold."""
+        if self.eos_at_ms is not None:
+            self._eri_due_ms = self._eos_due_ms = _NEVER
+            return
+        b = self.config.battery
+        a = self.acc
+        q = self._q
+        drain_per_ms_q = b.quiescent_pc_per_ms * q + b.step_pc * rate  # pC per ms, times Q
+        fraction_pc_q = b.step_pc * (a.integral_nlms - a.steps_total * q)
+
+        def due(charge_to_spend_pc: int) -> int:
+            if charge_to_spend_pc <= 0:
+                return self.now_ms
+            return self.now_ms + ms_to_reach(fraction_pc_q, charge_to_spend_pc * q, drain_per_ms_q)
+
+        self._eos_due_ms = due(a.charge_pc)
+        if self.eri_at_ms is None:
+            peak_q = b.quiescent_pc_per_ms * q + b.step_pc * self._program_peak_rate()
+            keep_pc = b.eri_window_ms * peak_q // q
+            self._eri_due_ms = due(a.charge_pc - keep_pc)
+        else:
+            self._eri_due_ms = _NEVER
+
+    def _record_rates(self, basal: int) -> None:
+        """Keep the rate pieces the ideal delivery is computed from (tests only)."""
+        pieces = self.rate_pieces
+        if pieces is None:
+            return
+        open_piece = self._open_basal
+        if open_piece is not None and open_piece.rate_nl_per_day == basal:
+            return
+        if open_piece is not None:
+            pieces[pieces.index(open_piece)] = RatePiece(open_piece.start_ms, self.now_ms, open_piece.rate_nl_per_day)
+        self._open_basal = RatePiece(self.now_ms, None, basal)
+        pieces.append(self._open_basal)
+
+    # ------------------------------------------------------------------ alarms
+
+    def _raise(self, code: AlarmCode) -> None:
+        if self.alarms.is_active(code):
+            return
+        self.alarms.active[code] = ActiveAlarm(code, self.now_ms)
+        self._log(LogEventKind.ALARM_RAISED, code)
+        if alarm_priority(code) is AlarmPriority.CRITICAL and self.bolus is not None:
+            self._end_bolus(LogEventKind.BOLUS_INTERRUPTED)
+
+    def _clear(self, code: AlarmCode) -> None:
+        if self.alarms.active.pop(code, None) is not None:
+            self._log(LogEventKind.ALARM_CLEARED, code)
+
+    def _check_reservoir_alarms(self) -> None:
+        if not self._loaded:
+            return
+        est = self.acc.estimate_nl
+        if est <= self.low_reservoir_threshold_nl:
+            self._raise(AlarmCode.LOW_RESERVOIR)
+        else:
+            self._clear(AlarmCode.LOW_RESERVOIR)
+        if est < self.config.step_volume_nl:
+            self._raise(AlarmCode.EMPTY_RESERVOIR)
+        else:
+            self._clear(AlarmCode.EMPTY_RESERVOIR)
+
+    def _end_of_service(self) -> None:
+        self.eos_at_ms = self.now_ms
+        if self.eri_at_ms is None:
+            self.eri_at_ms = self.now_ms
+            self._raise(AlarmCode.ERI)
+        self._fsm.fire("end_of_service")
+        self._raise(AlarmCode.EOS)
+
+    def _log(self, kind: LogEventKind, code: int = 0, a: int = 0, b: int = 0) -> None:
+        self.log.add(self.now_ms, max(0, self.wall_clock_ms), kind, code, a, b)
+
+    # ------------------------------------------------------------------ boluses
+
+    def _start_bolus(self, kind: BolusKind, volume_nl: int, rate: int) -> None:
+        self.bolus = Bolus(kind, volume_nl, rate, self.now_ms, volume_nl * MS_PER_DAY, kind in _REPLACES_BASAL)
+        self._log(LogEventKind.BOLUS_STARTED, kind, volume_nl, -(-volume_nl * MS_PER_DAY // rate))
+        if self.rate_pieces is not None:
+            self.rate_pieces.append(RatePiece(self.now_ms, None, rate, volume_nl))
+
+    def _end_bolus(self, how: LogEventKind) -> None:
+        bolus = self.bolus
+        assert bolus is not None
+        delivered_nl = (bolus.volume_nl * MS_PER_DAY - bolus.remaining_nlms) // MS_PER_DAY
+        self.bolus = None
+        self._log(how, bolus.kind, delivered_nl)
+        if self.rate_pieces is not None:
+            pieces = self.rate_pieces
+            for i in range(len(pieces) - 1, -1, -1):
+                p = pieces[i]
+                if p.budget_nl is not None and p.stop_ms is None:
+                    pieces[i] = RatePiece(p.start_ms, self.now_ms, p.rate_nl_per_day, p.budget_nl)
+                    break
+        if bolus.kind is BolusKind.SINGLE and self._fsm.state is PumpState.SINGLE_BOLUS:
+            self._fsm.fire("single_bolus_done")
+            self.program = Program(TherapyMode.STOPPED, 0, 0, 0, 0, 0, ())
+            self._note_dose(None)
+
+    def _bolus_rate(self, volume_nl: int, duration_ms: int, field_volume: int, field_duration: int) -> int:
+        if volume_nl < 1:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "a bolus needs a volume", field=field_volume, lo=1, hi=1 << 32)
+        if duration_ms < 1:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "a bolus needs a duration", field=field_duration, lo=1)
+        rate = volume_nl * MS_PER_DAY // duration_ms
+        top = self.config.max_bolus_rate_nl_per_day
+        if not 1 <= rate <= top:
+            raise RefusalError(
+                ErrorCode.OUT_OF_RANGE,
+                f"bolus rate {rate} nL/day is outside [1, {top}]",
+                field=field_duration,
+                lo=1,
+                hi=top,
+            )
+        return rate
+
+    def _refuse_bolus_now(self) -> None:
+        if self._fsm.state is PumpState.END_OF_SERVICE or self.alarms.critical_active:
+            raise RefusalError(ErrorCode.ALARM_ACTIVE, "no bolus starts while a critical alarm is active")
+        if self.bolus is not None:
+            raise RefusalError(ErrorCode.BUSY, f"a {self.bolus.kind.name} bolus is running")
+        if not self._loaded or self.concentration_ug_per_ml == 0:
+            raise RefusalError(ErrorCode.CONCENTRATION_MISMATCH, "the reservoir holds no drug")
+
+    def check_bolus(self, kind: BolusKind, volume_nl: int, duration_ms: int) -> TherapyCheck:
+        """Check a PRIMING or BRIDGE bolus without starting it (fields as in STAGE_BOLUS)."""
+        if kind not in (BolusKind.PRIMING, BolusKind.BRIDGE):
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "STAGE_BOLUS starts PRIMING or BRIDGE", field=0, lo=1, hi=2)
+        self._refuse_bolus_now()
+        rate = self._bolus_rate(volume_nl, duration_ms, 2, 3)
+        dose = dose_ng_for_volume(volume_nl, self.concentration_ug_per_ml)
+        top = self.config.limits.max_bolus_ng
+        if dose > top:
+            raise RefusalError(ErrorCode.HARD_LIMIT, f"bolus of {dose} ng exceeds {top} ng", field=2, hi=top)
+        return TherapyCheck(rate * self.concentration_ug_per_ml // 1000, rate, soft_limit_overridden=False)
+
+    def start_bolus(self, kind: BolusKind, volume_nl: int, duration_ms: int) -> TherapyCheck:
+        """Start a PRIMING or BRIDGE bolus; the basal program is not changed."""
+        check = self.check_bolus(kind, volume_nl, duration_ms)
+        self._start_bolus(kind, volume_nl, check.max_rate_nl_per_day)
+        self._replan()
+        return check
+
+    def cancel_bolus(self) -> bool:
+        """Stop a running supplemental bolus (True if one was running)."""
+        if self.bolus is None or self.bolus.kind is BolusKind.SINGLE:
+            return False
+        self._end_bolus(LogEventKind.BOLUS_INTERRUPTED)
+        self._replan()
+        return True
+
+    def set_patient_bolus(self, settings: PatientBolusSettings) -> TherapyCheck:
+        """Configure the patient-activated bolus (the clinician's limits for the patient)."""
+        top = self.config.limits.max_bolus_ng
+        if settings.dose_ng > top:
+            raise RefusalError(ErrorCode.HARD_LIMIT, f"{settings.dose_ng} ng exceeds {top} ng", field=1, hi=top)
+        rate = 0
+        if settings.enabled:
+            if self.concentration_ug_per_ml == 0:
+                raise RefusalError(ErrorCode.CONCENTRATION_MISMATCH, "the reservoir holds no drug")
+            if settings.max_per_24h < 1:
+                raise RefusalError(ErrorCode.OUT_OF_RANGE, "allow at least one bolus a day", field=4, lo=1, hi=255)
+            volume = volume_nl_for_dose(settings.dose_ng, self.concentration_ug_per_ml)
+            rate = self._bolus_rate(volume, settings.duration_ms, 1, 2)
+        self.patient_bolus = settings
+        self._replan()
+        return TherapyCheck(settings.dose_ng * settings.max_per_24h, rate, soft_limit_overridden=False)
+
+    def request_patient_bolus(self) -> PatientBolusGrant:
+        """The patient presses the button: a grant, or a refusal saying why."""
+        s = self.patient_bolus
+        if not s.enabled:
+            raise RefusalError(ErrorCode.NOT_SUPPORTED, "patient boluses are not enabled")
+        self._refuse_bolus_now()
+        now = self.now_ms
+        starts = [t for t in self._patient_starts if t > now - _DAY]
+        if starts and now < starts[-1] + s.lockout_ms:
+            wait = starts[-1] + s.lockout_ms
+            raise RefusalError(ErrorCode.BOLUS_LOCKOUT, f"locked out until {wait} ms", lo=now, hi=wait)
+        if len(starts) >= s.max_per_24h:
+            raise RefusalError(ErrorCode.BOLUS_DAILY_MAX, f"{len(starts)} boluses in 24 h", hi=s.max_per_24h)
+        volume = volume_nl_for_dose(s.dose_ng, self.concentration_ug_per_ml)
+        rate = self._bolus_rate(volume, s.duration_ms, 1, 2)
+        self._patient_starts = deque([*starts, now])
+        self._start_bolus(BolusKind.PATIENT, volume, rate)
+        self._replan()
+        next_allowed = max(
+            now + s.lockout_ms, self._patient_starts[0] + _DAY if len(starts) + 1 >= s.max_per_24h else 0
+        )
+        return PatientBolusGrant(s.dose_ng, s.duration_ms, next_allowed, s.max_per_24h - len(starts) - 1)
+
+    # ------------------------------------------------------------------ programs
+
+    def check_program(self, program: Program, override_soft_limits: bool = False) -> TherapyCheck:
+        """Check a program against the drug library and the pump without applying it."""
+        return self._check(program, override_soft_limits)[0]
+
+    def _check(self, program: Program, override: bool) -> tuple[TherapyCheck, _FlexPlan | None, int]:
+        lim = self.config.limits
+        if self._fsm.state is PumpState.END_OF_SERVICE:
+            raise RefusalError(ErrorCode.ALARM_ACTIVE, "the battery is at end of service")
+        mode = program.mode
+        _require_unused(program)
+        if mode in (TherapyMode.STOPPED, TherapyMode.MINIMUM_RATE):
+            rate = lim.min_rate_nl_per_day if mode is TherapyMode.MINIMUM_RATE else 0
+            return TherapyCheck(0, rate, soft_limit_overridden=False), None, rate
+        conc = program.concentration_ug_per_ml
+        if self.concentration_ug_per_ml == 0 or conc != self.concentration_ug_per_ml:
+            raise RefusalError(
+                ErrorCode.CONCENTRATION_MISMATCH,
+                f"program says {conc} ug/mL, the reservoir holds {self.concentration_ug_per_ml} ug/mL",
+                field=_F_CONC,
+                lo=self.concentration_ug_per_ml,
+                hi=self.concentration_ug_per_ml,
+            )
+        if mode is TherapyMode.SINGLE_BOLUS:
+            if self.alarms.critical_active:
+                raise RefusalError(ErrorCode.ALARM_ACTIVE, "no bolus starts while a critical alarm is active")
+            if not 1 <= program.bolus_dose_ng <= lim.max_bolus_ng:
+                raise RefusalError(
+                    ErrorCode.HARD_LIMIT, "single bolus dose", field=_F_BOLUS_DOSE, lo=1, hi=lim.max_bolus_ng
+                )
+            volume = volume_nl_for_dose(program.bolus_dose_ng, conc)
+            rate = self._bolus_rate(volume, program.bolus_duration_ms, _F_BOLUS_DOSE, _F_BOLUS_MS)
+            dose_rate = program.bolus_dose_ng * MS_PER_DAY // program.bolus_duration_ms
+            return TherapyCheck(dose_rate, rate, soft_limit_overridden=False), None, rate
+        plan: _FlexPlan | None = None
+        if mode is TherapyMode.CONTINUOUS:
+            doses = [program.dose_ng_per_day]
+            dose_field = _F_DOSE
+        else:
+            plan = self._flex_plan(program)
+            doses = [s.dose_ng_per_day for s in program.steps]
+            dose_field = _F_STEPS
+        rates = []
+        for dose in doses:
+            if dose > lim.hard_limit_ng_per_day:
+                raise RefusalError(
+                    ErrorCode.HARD_LIMIT,
+                    f"{dose} ng/day exceeds the hard limit",
+                    field=dose_field,
+                    hi=lim.hard_limit_ng_per_day,
+                )
+            rate = rate_nl_per_day(dose, conc)
+            if not lim.min_rate_nl_per_day <= rate <= lim.max_rate_nl_per_day:
+                raise RefusalError(
+                    ErrorCode.OUT_OF_RANGE,
+                    f"{dose} ng/day at {conc} ug/mL is {rate} nL/day",
+                    field=dose_field,
+                    lo=lim.min_rate_nl_per_day,
+                    hi=lim.max_rate_nl_per_day,
+                )
+            rates.append(rate)
+        top = max(doses)
+        crossed = False
+        if top > lim.soft_limit_ng_per_day:
+            crossed = True
+            if not override:
+                raise RefusalError(
+                    ErrorCode.SOFT_LIMIT_NEEDS_OVERRIDE,
+                    f"{top} ng/day is above the soft limit",
+                    field=dose_field,
+                    hi=lim.soft_limit_ng_per_day,
+                )
+        baseline = self._dose_baseline()
+        if baseline is not None:
+            allowed = baseline * (1000 + lim.soft_increase_permille_per_24h) // 1000
+            if top > allowed:
+                crossed = True
+                if not override:
+                    raise RefusalError(
+                        ErrorCode.SOFT_LIMIT_NEEDS_OVERRIDE,
+                        f"{top} ng/day raises the running {baseline} ng/day by more than "
+                        f"{lim.soft_increase_permille_per_24h} permille in 24 h",
+                        field=dose_field,
+                        hi=allowed,
+                    )
+        if plan is not None:
+            plan.rates_nl_per_day = rates
+        return TherapyCheck(top, max(rates), soft_limit_overridden=crossed), plan, rates[0]
+
+    def _flex_plan(self, program: Program) -> _FlexPlan:
+        cycle = program.cycle_days
+        if not 1 <= cycle <= 7:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "flex cycle", field=_F_CYCLE, lo=1, hi=7)
+        if not program.steps:
+            raise RefusalError(
+                ErrorCode.OUT_OF_RANGE, "a flex program needs steps", field=_F_STEPS, lo=1, hi=13 * cycle
+            )
+        offsets = [s.day * _DAY + s.start_ms_of_day for s in program.steps]
+        if any(b <= a for a, b in itertools.pairwise(offsets)):
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "flex steps must be in strictly increasing time", field=_F_STEPS)
+        for day in range(7):
+            n = sum(1 for s in program.steps if s.day == day)
+            if n > 13 or (n and day >= cycle):
+                raise RefusalError(
+                    ErrorCode.OUT_OF_RANGE, f"day {day}: {n} steps (at most 13, days < cycle)", field=_F_STEPS, hi=13
+                )
+        wall = self.wall_clock_ms
+        return _FlexPlan(offsets, [], cycle * _DAY, wall - wall % _DAY)
+
+    def commit_program(self, program: Program, override_soft_limits: bool = False) -> TherapyCheck:
+        """Check and apply a basal program at once (after STAGE, at COMMIT)."""
+        check, plan, rate = self._check(program, override_soft_limits)
+        if self.bolus is not None and self.bolus.kind is BolusKind.SINGLE:
+            self._end_bolus(LogEventKind.BOLUS_INTERRUPTED)
+        self._fsm.fire(RUN_TRIGGER[program.mode])
+        self.program = program
+        self._flex = plan
+        self._continuous_rate = rate if program.mode is TherapyMode.CONTINUOUS else 0
+        self._log(LogEventKind.PROGRAM_COMMITTED, program.mode, check.max_dose_ng_per_day, check.max_rate_nl_per_day)
+        if check.soft_limit_overridden:
+            self._log(LogEventKind.SOFT_LIMIT_OVERRIDE, program.mode, check.max_dose_ng_per_day)
+        if program.mode is TherapyMode.SINGLE_BOLUS:
+            self._start_bolus(
+                BolusKind.SINGLE, volume_nl_for_dose(program.bolus_dose_ng, self.concentration_ug_per_ml), rate
+            )
+        running = program.mode in (TherapyMode.CONTINUOUS, TherapyMode.FLEX)
+        self._note_dose(check.max_dose_ng_per_day if running else None)
+        self._replan()
+        return check
+
+    def _note_dose(self, dose: int | None) -> None:
+        hist = self._dosing.history
+        hist.append((self.now_ms, dose))
+        cutoff = self.now_ms - _DAY
+        while len(hist) > 1 and hist[1][0] <= cutoff:
+            hist.pop(0)
+
+    def _dose_baseline(self) -> int | None:
+        """The lowest running daily dose in the last 24 h (None if nothing ran)."""
+        cutoff = self.now_ms - _DAY
+        hist = self._dosing.history
+        doses = [
+            d for i, (t, d) in enumerate(hist) if d is not None and (i + 1 == len(hist) or hist[i + 1][0] > cutoff)
+        ]
+        return min(doses) if doses else None
+
+    # ------------------------------------------------------------------ refill, alarms, clock
+
+    def refill(
+        self,
+        aspirated_volume_nl: int,
+        added_volume_nl: int,
+        concentration_ug_per_ml: int,
+        drug: DrugId = DrugId.BACLOFEN,
+    ) -> RefillResult:
+        """Empty the reservoir (by aspiration) and fill it with ``added_volume_nl`` of a drug."""
+        cap = self.config.reservoir_capacity_nl
+        if not 1 <= added_volume_nl <= cap:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "added volume", field=1, lo=1, hi=cap)
+        allowed = [c.ug_per_ml for c in self.config.limits.concentrations]
+        if concentration_ug_per_ml not in allowed or drug is not self.config.limits.drug:
+            raise RefusalError(
+                ErrorCode.OUT_OF_RANGE,
+                f"{drug.name} at {concentration_ug_per_ml} ug/mL is not in the drug library ({allowed})",
+                field=3,
+                lo=min(allowed),
+                hi=max(allowed),
+            )
+        if self._fsm.state is PumpState.END_OF_SERVICE:
+            raise RefusalError(ErrorCode.ALARM_ACTIVE, "the battery is at end of service")
+        if self.bolus is not None:
+            raise RefusalError(ErrorCode.BUSY, f"a {self.bolus.kind.name} bolus is running")
+        changed = self._loaded and concentration_ug_per_ml != self.concentration_ug_per_ml
+        rerated: tuple[Program, TherapyCheck, _FlexPlan | None, int] | None = None
+        if changed and self.program.mode in (TherapyMode.CONTINUOUS, TherapyMode.FLEX):
+            # the program keeps its doses; its rates follow the new concentration
+            new_program = replace(self.program, concentration_ug_per_ml=concentration_ug_per_ml)
+            old_conc = self.concentration_ug_per_ml
+            self.concentration_ug_per_ml = concentration_ug_per_ml
+            try:
+                rerated = (new_program, *self._check(new_program, override=True))
+            finally:
+                self.concentration_ug_per_ml = old_conc
+        a = self.acc
+        expected = a.estimate_nl
+        a.removed_true_nl += a.true_reservoir_nl
+        a.true_reservoir_nl = added_volume_nl
+        a.filled_total_nl += added_volume_nl
+        a.estimate_nl = added_volume_nl
+        self.drug = drug
+        self.concentration_ug_per_ml = concentration_ug_per_ml
+        if rerated is not None:
+            self.program, check, self._flex, rate = rerated
+            self._continuous_rate = rate if self.program.mode is TherapyMode.CONTINUOUS else 0
+            self._note_dose(check.max_dose_ng_per_day)
+        self._loaded = True
+        self._log(LogEventKind.REFILL, drug, added_volume_nl, aspirated_volume_nl)
+        self._check_reservoir_alarms()
+        self._replan()
+        return RefillResult(
+            expected, aspirated_volume_nl, aspirated_volume_nl - expected, added_volume_nl, changed,
+            self.config.dead_volume_nl if changed else 0,
+        )  # fmt: skip
+
+    def configure_alarms(
+        self, low_reservoir_threshold_nl: int, critical_repeat_ms: int, non_critical_repeat_ms: int
+    ) -> None:
+        cap = self.config.reservoir_capacity_nl
+        if not 0 <= low_reservoir_threshold_nl < cap:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "threshold", field=0, lo=0, hi=cap - 1)
+        for i, v in ((1, critical_repeat_ms), (2, non_critical_repeat_ms)):
+            if not 1000 <= v <= 24 * 3_600_000:
+                raise RefusalError(ErrorCode.OUT_OF_RANGE, "repeat interval", field=i, lo=1000, hi=24 * 3_600_000)
+        self.low_reservoir_threshold_nl = low_reservoir_threshold_nl
+        self.alarms.critical_repeat_ms = critical_repeat_ms
+        self.alarms.non_critical_repeat_ms = non_critical_repeat_ms
+        self._log(LogEventKind.ALARM_CONFIG, 0, low_reservoir_threshold_nl, critical_repeat_ms)
+        self._check_reservoir_alarms()
+        self._replan()
+
+    def silence_alarm(self, code: AlarmCode, duration_ms: int) -> None:
+        alarm = self.alarms.active.get(code)
+        if alarm is None:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, f"{code.name} is not active", field=0)
+        alarm.silenced_until_ms = self.now_ms + duration_ms
+        self._log(LogEventKind.ALARM_SILENCED, code, duration_ms)
+
+    def acknowledge_alarm(self, code: AlarmCode) -> None:
+        """Stop an alarm's tones. LOW_BATTERY_RESET and MEMORY_ERROR report a past event and clear."""
+        alarm = self.alarms.active.get(code)
+        if alarm is None:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, f"{code.name} is not active", field=0)
+        alarm.acknowledged = True
+        self._log(LogEventKind.ALARM_ACKNOWLEDGED, code)
+        if code in (AlarmCode.LOW_BATTERY_RESET, AlarmCode.MEMORY_ERROR):
+            self._clear(code)
+            self._replan()
+
+    def set_clock(self, wall_clock_ms: int) -> None:
+        """Set the wall clock. Delivery runs on monotonic time, so nothing is skipped or repeated."""
+        if wall_clock_ms < 0:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "wall clock", field=0, lo=0)
+        old = self.wall_clock_ms
+        self._wall_offset_ms = wall_clock_ms - self.now_ms
+        self._log(LogEventKind.CLOCK_SET, 0, old, wall_clock_ms)
+        self._replan()
+
+    def count_frames(self, frames: int) -> None:
+        """Charge for telemetry frames sent or received."""
+        self.acc.frames += frames
+        self.acc.charge_pc = max(0, self.acc.charge_pc - frames * self.config.battery.frame_pc)
+        self._replan()
+
+    # ------------------------------------------------------------------ faults
+
+    def inject_fault(self, fault: FaultKind, param: int = 0) -> None:
+        """The test role's faults. Memory faults belong to the device's non-volatile store."""
+        if fault in (FaultKind.MEMORY_CORRUPTION, FaultKind.POWER_CUT):
+            raise RefusalError(ErrorCode.NOT_SUPPORTED, f"{fault.name} needs the device's non-volatile memory")
+        self._log(LogEventKind.FAULT_INJECTED, fault, param)
+        if fault is FaultKind.MOTOR_STALL:
+            self._raise(AlarmCode.MOTOR_STALL)
+        elif fault is FaultKind.MOTOR_STALL_CLEAR:
+            self._clear(AlarmCode.MOTOR_STALL)  # recovery detected: logged as the alarm clearing
+        elif fault is FaultKind.LOW_BATTERY_RESET:
+            self.reset()
+            self.enter_safe_state(AlarmCode.LOW_BATTERY_RESET)
+        else:
+            self.reset()
+        self._replan()
+
+    def reset(self) -> None:
+        """A processor reset: therapy resumes from memory; a running bolus is lost (logged)."""
+        if self.bolus is not None:
+            self._end_bolus(LogEventKind.BOLUS_INTERRUPTED)
+        self._log(LogEventKind.RESET)
+        self._replan()
+
+    def enter_safe_state(self, alarm: AlarmCode) -> None:
+        """Minimum rate (needs no concentration) with a critical alarm: low battery reset, memory error."""
+        if self._fsm.state is PumpState.END_OF_SERVICE:
+            return
+        if self.bolus is not None:
+            self._end_bolus(LogEventKind.BOLUS_INTERRUPTED)
+        self._fsm.fire("safe_state")
+        self.program = Program(TherapyMode.MINIMUM_RATE, 0, 0, 0, 0, 0, ())
+        self._flex = None
+        self._note_dose(None)
+        self._raise(alarm)
+        self._replan()
+
+
+_REPLACES_BASAL = frozenset({BolusKind.PRIMING, BolusKind.BRIDGE})
+
+
+def _require_unused(program: Program) -> None:
+    """Fields a mode does not use must be 0 (or empty)."""
+    mode = program.mode
+    used = {
+        TherapyMode.STOPPED: set(),
+        TherapyMode.MINIMUM_RATE: set(),
+        TherapyMode.CONTINUOUS: {_F_CONC, _F_DOSE},
+        TherapyMode.FLEX: {_F_CONC, _F_CYCLE, _F_STEPS},
+        TherapyMode.SINGLE_BOLUS: {_F_CONC, _F_BOLUS_DOSE, _F_BOLUS_MS},
+    }[mode]
+    values = {
+        _F_CONC: program.concentration_ug_per_ml,
+        _F_DOSE: program.dose_ng_per_day,
+        _F_BOLUS_DOSE: program.bolus_dose_ng,
+        _F_BOLUS_MS: program.bolus_duration_ms,
+        _F_CYCLE: program.cycle_days,
+        _F_STEPS: len(program.steps),
+    }
+    for index, value in values.items():
+        if index not in used and value:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, f"{mode.name} does not use field {index}", field=index, hi=0)
