@@ -8,6 +8,7 @@ from protocol_spec import __version__
 from protocol_spec.cli import decode
 
 from .demo import demo
+from .simulate_cli import simulate_command
 
 __all__ = ["cli", "main"]
 
@@ -21,6 +22,7 @@ def cli() -> None:
     Start here:
       pumprig demo                      a session's frames, encoded, decoded and annotated
       pumprig decode --help             annotate frames from a capture or a board
+      pumprig simulate --help           a therapy on the virtual pump, up to seven years
 
     Protocol: protocol_spec/SPEC.md; golden vectors: protocol_spec/vectors/.
     """
@@ -28,6 +30,7 @@ def cli() -> None:
 
 cli.add_command(decode)
 cli.add_command(demo)
+cli.add_command(simulate_command)
 
 
 def main() -> None:
