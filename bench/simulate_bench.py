@@ -35,7 +35,8 @@ def _one(spec: SimulationSpec, repeats: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         result = simulate(spec)
         times.append(time.perf_counter() - t0)
-    assert result is not None and result.eos_at_ms is not None
+    assert result is not None
+    assert result.eos_at_ms is not None
     return {
         "wall_s_median": round(statistics.median(times), 3),
         "wall_s_max": round(max(times), 3),
