@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: show the protocol: one session's frames, encoded, decoded and annotated
+## demo: the protocol (a session's frames, annotated), then a pump's whole life on the virtual pump
 demo: $(STAMP)
 	$(BIN)/pumprig demo
+	$(BIN)/pumprig simulate --config examples/flex13.toml
 
 ## lint: ruff (lint and format check), mypy --strict, import-linter layer contracts
 lint: $(STAMP)
@@ -35,10 +36,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-## spec: regenerate SPEC.md and the golden vectors from the definitions
+## spec: regenerate SPEC.md, the golden vectors and the state diagram from the definitions
 spec: $(STAMP)
 	$(BIN)/python -m protocol_spec.specgen --write
 	$(BIN)/python -m protocol_spec.vectorgen --write
+	$(BIN)/python -m firmware_model.machine --write
 
 ## bench: codec benchmarks, written afresh to bench/results.json
 bench: $(STAMP)
