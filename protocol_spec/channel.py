@@ -91,17 +91,17 @@ class Channel:
         result = decode_body(body, self.keys)
         if isinstance(result, DecodeError):
             if result.authentic and result.header is not None:
-                return self._fresh(result.header) or result
+                return self.check_fresh(result.header) or result
             return result
         if result.header.from_pump == self.from_pump:
             return DecodeError(ErrorCode.MALFORMED, "frame from the wrong side", result.header)
         if self.keys is not None:
             if not result.header.secured:
                 return DecodeError(ErrorCode.NO_SESSION, "plaintext frame inside a session", result.header)
-            return self._fresh(result.header) or result
+            return self.check_fresh(result.header) or result
         return result
 
-    def _fresh(self, header: Header) -> DecodeError | None:
+    def check_fresh(self, header: Header) -> DecodeError | None:
         """Refuse an authentic frame's counter if seen before; else raise the high-water mark past it."""
         if header.counter <= self.highest_received:
             return DecodeError(

@@ -69,6 +69,7 @@ from .security import (
     aead_nonce,
     hkdf_info,
 )
+from .timing import BAD_TAG_FIRST_MS, BAD_TAG_MAX_MS, BITS_PER_BYTE, LINK_BAUD, REPLY_TIMEOUT_MS, RETRIES
 
 __all__ = ["SPEC_PATH", "SPEC_VERSION", "main", "render"]
 
@@ -77,13 +78,6 @@ SPEC_PATH = Path(__file__).with_name("SPEC.md")
 TEMPLATE_NAME = "spec_template.md"
 STALE_MESSAGE = "SPEC.md is stale: run `make spec`"
 
-# Recommendations for the reference link (SPEC.md, "Timing and retries"), not protocol rules.
-LINK_BAUD = 115_200
-BITS_PER_BYTE = 10  # 8N1
-REPLY_TIMEOUT_MS = 500
-RETRIES = 3
-BAD_TAG_FIRST_MS = 1_000
-BAD_TAG_MAX_MS = 60_000
 
 _HEX_LINE_BYTES = 32
 
