@@ -15,10 +15,13 @@ class PumpError(Exception):
 class RefusalError(PumpError):
     """A command the pump refuses: ``code`` says why; ``lo``/``hi`` give the range or limit."""
 
-    def __init__(self, code: ErrorCode, detail: str, *, field: int = 255, lo: int = 0, hi: int = 0) -> None:
+    def __init__(
+        self, code: ErrorCode, detail: str, *, field: int = 255, lo: int = 0, hi: int = 0, retry_after_ms: int = 0
+    ) -> None:
         super().__init__(f"{code.name}: {detail}")
         self.code = code
         self.detail = detail
         self.field = field
         self.lo = lo
         self.hi = hi
+        self.retry_after_ms = retry_after_ms

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 
 from protocol_spec.enums import LogEventKind
 from protocol_spec.messages import LogEntry
@@ -22,6 +23,17 @@ class EventLog:
         self._entries.append(entry)
         self.next_seq += 1
         return entry
+
+    def bump(self, kind: LogEventKind, code: int, at_ms: int, within_ms: int) -> bool:
+        """Count one more event into the newest entry if it has this kind and code and is less
+        than ``within_ms`` old (an aggregated burst). False if a new entry is needed."""
+        if not self._entries:
+            return False
+        last = self._entries[-1]
+        if last.kind is not kind or last.code != code or at_ms - last.at_ms >= within_ms or last.count >= 0xFFFF:
+            return False
+        self._entries[-1] = replace(last, count=last.count + 1, value_b=at_ms - last.at_ms)
+        return True
 
     @property
     def oldest_seq(self) -> int:

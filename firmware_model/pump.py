@@ -29,7 +29,7 @@ from protocol_spec.enums import (
     TherapyMode,
     alarm_priority,
 )
-from protocol_spec.messages import PatientBolusGrant, PatientBolusSettings, Program
+from protocol_spec.messages import DrugLimits, PatientBolusGrant, PatientBolusSettings, Program
 
 from .alarms import ActiveAlarm, AlarmBoard
 from .config import PumpConfig
@@ -161,6 +161,9 @@ class Pump:
         self.acc = _Accounts(charge_pc=cfg.battery.capacity_pc)
         self.alarms = AlarmBoard(cfg.critical_repeat_ms, cfg.non_critical_repeat_ms)
         self.low_reservoir_threshold_nl = cfg.low_reservoir_threshold_nl
+        self.limits = cfg.limits
+        self.catheter_volume_nl = cfg.catheter_volume_nl
+        self.last_refill_ms = 0
         self.log = EventLog(cfg.event_log_capacity)
         self.bolus: Bolus | None = None
         self.patient_bolus = PatientBolusSettings(0, 0, 0, 0, 0)
@@ -211,7 +214,7 @@ class Pump:
             wall_clock_ms=self.wall_clock_ms,
             state=self.state,
             mode=self.mode,
-            basal_rate_nl_per_day=self._basal_eff,
+            basal_rate_nl_per_day=0 if self._held() else self._program_rate_now(),
             effective_rate_nl_per_day=self._basal_eff + self._bolus_eff,
             bolus_active=self.bolus.kind if self.bolus is not None else BolusKind.NONE,
             reservoir_estimate_nl=a.estimate_nl,
@@ -344,7 +347,7 @@ class Pump:
             pos = (self.wall_clock_ms - plan.anchor_wall_ms) % plan.cycle_ms
             return plan.rates_nl_per_day[bisect.bisect_right(plan.offsets_ms, pos) - 1]
         if st is PumpState.MINIMUM_RATE:
-            return self.config.limits.min_rate_nl_per_day
+            return self.limits.min_rate_nl_per_day
         return 0
 
     def _program_peak_rate(self) -> int:
@@ -368,7 +371,12 @@ class Pump:
         a = self.acc
         q = self._q
         segs = self._segments
-        if segs[-1].rate_nl_per_day != rate:
+        last = segs[-1]
+        # a new segment when the rate changes, or when the integral left the last one's line (a
+        # bolus's final millisecond delivers only the rest of its budget)
+        if last.rate_nl_per_day != rate or last.start_nlms + last.rate_nl_per_day * (now - last.start_ms) != (
+            a.integral_nlms
+        ):
             if segs[-1].start_ms == now:
                 segs.pop()
             segs.append(_Segment(now, a.integral_nlms, rate))
@@ -531,7 +539,7 @@ class Pump:
         self._refuse_bolus_now()
         rate = self._bolus_rate(volume_nl, duration_ms, 2, 3)
         dose = dose_ng_for_volume(volume_nl, self.concentration_ug_per_ml)
-        top = self.config.limits.max_bolus_ng
+        top = self.limits.max_bolus_ng
         if dose > top:
             raise RefusalError(ErrorCode.HARD_LIMIT, f"bolus of {dose} ng exceeds {top} ng", field=2, hi=top)
         return TherapyCheck(rate * self.concentration_ug_per_ml // 1000, rate, soft_limit_overridden=False)
@@ -553,7 +561,14 @@ class Pump:
 
     def set_patient_bolus(self, settings: PatientBolusSettings) -> TherapyCheck:
         """Configure the patient-activated bolus (the clinician's limits for the patient)."""
-        top = self.config.limits.max_bolus_ng
+        check = self.check_patient_bolus(settings)
+        self.patient_bolus = settings
+        self._replan()
+        return check
+
+    def check_patient_bolus(self, settings: PatientBolusSettings) -> TherapyCheck:
+        """Check patient-bolus settings without applying them."""
+        top = self.limits.max_bolus_ng
         if settings.dose_ng > top:
             raise RefusalError(ErrorCode.HARD_LIMIT, f"{settings.dose_ng} ng exceeds {top} ng", field=1, hi=top)
         rate = 0
@@ -564,8 +579,6 @@ class Pump:
                 raise RefusalError(ErrorCode.OUT_OF_RANGE, "allow at least one bolus a day", field=4, lo=1, hi=255)
             volume = volume_nl_for_dose(settings.dose_ng, self.concentration_ug_per_ml)
             rate = self._bolus_rate(volume, settings.duration_ms, 1, 2)
-        self.patient_bolus = settings
-        self._replan()
         return TherapyCheck(settings.dose_ng * settings.max_per_24h, rate, soft_limit_overridden=False)
 
     def request_patient_bolus(self) -> PatientBolusGrant:
@@ -576,9 +589,10 @@ class Pump:
         self._refuse_bolus_now()
         now = self.now_ms
         starts = [t for t in self._patient_starts if t > now - _DAY]
-        if starts and now < starts[-1] + s.lockout_ms:
-            wait = starts[-1] + s.lockout_ms
-            raise RefusalError(ErrorCode.BOLUS_LOCKOUT, f"locked out until {wait} ms", lo=now, hi=wait)
+        last = self._patient_starts[-1] if self._patient_starts else None  # a lockout may exceed 24 h
+        if last is not None and now < last + s.lockout_ms:
+            wait = last + s.lockout_ms
+            raise RefusalError(ErrorCode.BOLUS_LOCKOUT, f"locked out until {wait} ms", retry_after_ms=wait - now)
         if len(starts) >= s.max_per_24h:
             raise RefusalError(ErrorCode.BOLUS_DAILY_MAX, f"{len(starts)} boluses in 24 h", hi=s.max_per_24h)
         volume = volume_nl_for_dose(s.dose_ng, self.concentration_ug_per_ml)
@@ -598,7 +612,7 @@ class Pump:
         return self._check(program, override_soft_limits)[0]
 
     def _check(self, program: Program, override: bool) -> tuple[TherapyCheck, _FlexPlan | None, int]:
-        lim = self.config.limits
+        lim = self.limits
         if self._fsm.state is PumpState.END_OF_SERVICE:
             raise RefusalError(ErrorCode.ALARM_ACTIVE, "the battery is at end of service")
         mode = program.mode
@@ -618,6 +632,8 @@ class Pump:
         if mode is TherapyMode.SINGLE_BOLUS:
             if self.alarms.critical_active:
                 raise RefusalError(ErrorCode.ALARM_ACTIVE, "no bolus starts while a critical alarm is active")
+            if self.bolus is not None and self.bolus.kind is not BolusKind.SINGLE:
+                raise RefusalError(ErrorCode.BUSY, f"a {self.bolus.kind.name} bolus is running")
             if not 1 <= program.bolus_dose_ng <= lim.max_bolus_ng:
                 raise RefusalError(
                     ErrorCode.HARD_LIMIT, "single bolus dose", field=_F_BOLUS_DOSE, lo=1, hi=lim.max_bolus_ng
@@ -690,6 +706,8 @@ class Pump:
                 ErrorCode.OUT_OF_RANGE, "a flex program needs steps", field=_F_STEPS, lo=1, hi=13 * cycle
             )
         offsets = [s.day * _DAY + s.start_ms_of_day for s in program.steps]
+        if offsets[0] != 0:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "the first flex step starts on day 0 at 0 ms", field=_F_STEPS)
         if any(b <= a for a, b in itertools.pairwise(offsets)):
             raise RefusalError(ErrorCode.OUT_OF_RANGE, "flex steps must be in strictly increasing time", field=_F_STEPS)
         for day in range(7):
@@ -708,6 +726,8 @@ class Pump:
             self._end_bolus(LogEventKind.BOLUS_INTERRUPTED)
         self._fsm.fire(RUN_TRIGGER[program.mode])
         self.program = program
+        for code in (AlarmCode.LOW_BATTERY_RESET, AlarmCode.MEMORY_ERROR):
+            self._clear(code)  # the safe state ends when a clinician reprograms
         self._flex = plan
         self._continuous_rate = rate if program.mode is TherapyMode.CONTINUOUS else 0
         self._log(LogEventKind.PROGRAM_COMMITTED, program.mode, check.max_dose_ng_per_day, check.max_rate_nl_per_day)
@@ -746,13 +766,15 @@ class Pump:
         added_volume_nl: int,
         concentration_ug_per_ml: int,
         drug: DrugId = DrugId.BACLOFEN,
+        catheter_volume_nl: int | None = None,
     ) -> RefillResult:
-        """Empty the reservoir (by aspiration) and fill it with ``added_volume_nl`` of a drug."""
+        """Empty the reservoir (by aspiration) and fill it with ``added_volume_nl`` of a drug.
+        ``catheter_volume_nl``, if given, records a revised catheter (for priming and bridges)."""
         cap = self.config.reservoir_capacity_nl
         if not 1 <= added_volume_nl <= cap:
             raise RefusalError(ErrorCode.OUT_OF_RANGE, "added volume", field=1, lo=1, hi=cap)
-        allowed = [c.ug_per_ml for c in self.config.limits.concentrations]
-        if concentration_ug_per_ml not in allowed or drug is not self.config.limits.drug:
+        allowed = [c.ug_per_ml for c in self.limits.concentrations]
+        if concentration_ug_per_ml not in allowed or drug is not self.limits.drug:
             raise RefusalError(
                 ErrorCode.OUT_OF_RANGE,
                 f"{drug.name} at {concentration_ug_per_ml} ug/mL is not in the drug library ({allowed})",
@@ -784,16 +806,22 @@ class Pump:
         self.drug = drug
         self.concentration_ug_per_ml = concentration_ug_per_ml
         if rerated is not None:
+            old_plan = self._flex
             self.program, check, self._flex, rate = rerated
+            if self._flex is not None and old_plan is not None:
+                self._flex.anchor_wall_ms = old_plan.anchor_wall_ms  # the cycle keeps its place
             self._continuous_rate = rate if self.program.mode is TherapyMode.CONTINUOUS else 0
             self._note_dose(check.max_dose_ng_per_day)
         self._loaded = True
+        self.last_refill_ms = self.now_ms
+        if catheter_volume_nl is not None:
+            self.catheter_volume_nl = catheter_volume_nl
         self._log(LogEventKind.REFILL, drug, added_volume_nl, aspirated_volume_nl)
         self._check_reservoir_alarms()
         self._replan()
         return RefillResult(
             expected, aspirated_volume_nl, aspirated_volume_nl - expected, added_volume_nl, changed,
-            self.config.dead_volume_nl if changed else 0,
+            self.catheter_volume_nl + self.config.tubing_volume_nl if changed else 0,
         )  # fmt: skip
 
     def configure_alarms(
@@ -820,15 +848,13 @@ class Pump:
         self._log(LogEventKind.ALARM_SILENCED, code, duration_ms)
 
     def acknowledge_alarm(self, code: AlarmCode) -> None:
-        """Stop an alarm's tones. LOW_BATTERY_RESET and MEMORY_ERROR report a past event and clear."""
+        """Record that a clinician has seen an alarm; its tones stop. An alarm clears only when its
+        cause is gone (LOW_BATTERY_RESET and MEMORY_ERROR: when a clinician reprograms)."""
         alarm = self.alarms.active.get(code)
         if alarm is None:
             raise RefusalError(ErrorCode.OUT_OF_RANGE, f"{code.name} is not active", field=0)
         alarm.acknowledged = True
         self._log(LogEventKind.ALARM_ACKNOWLEDGED, code)
-        if code in (AlarmCode.LOW_BATTERY_RESET, AlarmCode.MEMORY_ERROR):
-            self._clear(code)
-            self._replan()
 
     def set_clock(self, wall_clock_ms: int) -> None:
         """Set the wall clock. Delivery runs on monotonic time, so nothing is skipped or repeated."""
@@ -844,6 +870,54 @@ class Pump:
         self.acc.frames += frames
         self.acc.charge_pc = max(0, self.acc.charge_pc - frames * self.config.battery.frame_pc)
         self._replan()
+
+    def set_limits(self, limits: DrugLimits) -> None:
+        """Replace the drug library. The running program must still be within it."""
+        if limits.drug is not self.limits.drug:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "this pump's drug library is for one drug", field=0)
+        if not 0 < limits.min_rate_nl_per_day <= limits.max_rate_nl_per_day:
+            raise RefusalError(
+                ErrorCode.OUT_OF_RANGE, "rates: 0 < min <= max", field=2, lo=1, hi=limits.max_rate_nl_per_day
+            )
+        if limits.soft_limit_ng_per_day > limits.hard_limit_ng_per_day:
+            raise RefusalError(
+                ErrorCode.OUT_OF_RANGE, "soft limit above hard limit", field=5, hi=limits.hard_limit_ng_per_day
+            )
+        if not limits.concentrations:
+            raise RefusalError(ErrorCode.OUT_OF_RANGE, "at least one concentration", field=1, lo=1)
+        old = self.limits
+        self.limits = limits
+        try:
+            if self.program.mode in (TherapyMode.CONTINUOUS, TherapyMode.FLEX):
+                self._check(self.program, override=True)
+        except RefusalError:
+            self.limits = old
+            raise
+        self._log(LogEventKind.LIMITS_SET, limits.drug, limits.hard_limit_ng_per_day, limits.max_rate_nl_per_day)
+        self._replan()
+
+    def program_rate_nl_per_day(self) -> int:
+        """The basal rate the program asks for now (whether or not the motor is held)."""
+        return self._program_rate_now()
+
+    def dose_now_ng_per_day(self) -> int:
+        """The basal dose in effect now (for FLEX, the present step's)."""
+        if self.mode is TherapyMode.CONTINUOUS:
+            return self.program.dose_ng_per_day
+        if self.mode is TherapyMode.FLEX:
+            assert self._flex is not None
+            pos = (self.wall_clock_ms - self._flex.anchor_wall_ms) % self._flex.cycle_ms
+            return self.program.steps[bisect.bisect_right(self._flex.offsets_ms, pos) - 1].dose_ng_per_day
+        return 0
+
+    def log_event(self, kind: LogEventKind, code: int = 0, a: int = 0, b: int = 0) -> None:
+        """Write an entry for the device layer (sessions, aborts)."""
+        self._log(kind, code, a, b)
+
+    def note_security_event(self, code: int, burst_ms: int) -> None:
+        """Log a security refusal; one entry per burst (its count grows), so a flood cannot evict the log."""
+        if not self.log.bump(LogEventKind.SECURITY, code, self.now_ms, burst_ms):
+            self._log(LogEventKind.SECURITY, code)
 
     # ------------------------------------------------------------------ faults
 

@@ -1,0 +1,653 @@
+"""The pump behind the protocol, sans-IO: bytes and time in, bytes out.
+
+    device = Device(pump, TEST_KEY_SET, config=DeviceConfig(test_role=True))
+    device.receive_data(chunk, now_ms)      # any chunking; replies are queued
+    device.advance(now_ms)                  # time passes: therapy, session timeouts, notifications
+    wire = device.data_to_send()            # what to write to the port
+
+``now_ms`` is the host's monotonic time (the link's clock). The pump's own uptime follows it,
+plus whatever the test role added with TEST_ADVANCE_TIME, and stands still while the test role
+holds the clock. Every received frame goes through the checks of SPEC.md "Receiving a frame"
+in their order; each refusal is answered with its error code (or dropped, where the spec says
+so) and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol_spec import messages as m
+from protocol_spec.catalog import CATALOG
+from protocol_spec.channel import Channel
+from protocol_spec.codec import DecodeError, Header, Packet, decode_body, decode_header, encode_payload
+from protocol_spec.enums import (
+    PROTOCOL_VERSION,
+    AlarmCode,
+    AlarmEvent,
+    AlarmSet,
+    DeviceClass,
+    ErrorCode,
+    FaultKind,
+    Feature,
+    LogEventKind,
+    MsgType,
+    ProgramSlot,
+    RefillConfirmation,
+    Role,
+    StageKind,
+    alarm_priority,
+)
+from protocol_spec.framing import MAX_FRAME_BYTES, Deframer, crc32
+from protocol_spec.security import KeySet, SessionKeys, derive_session_keys, pump_nonce
+from protocol_spec.timing import BAD_TAG_FIRST_MS, BAD_TAG_MAX_MS
+
+from .alarms import tone_of
+from .errors import RefusalError
+from .pump import Pump, TherapyCheck
+
+__all__ = ["Device", "DeviceConfig", "LinkStats"]
+
+_SECURITY_CODES = frozenset(
+    {ErrorCode.BAD_TAG, ErrorCode.REPLAYED_COUNTER, ErrorCode.WRONG_ROLE, ErrorCode.NO_SESSION, ErrorCode.UNKNOWN_KEY}
+)
+_ALARM_EVENTS = {
+    LogEventKind.ALARM_RAISED: AlarmEvent.RAISED,
+    LogEventKind.ALARM_ACKNOWLEDGED: AlarmEvent.ACKNOWLEDGED,
+    LogEventKind.ALARM_SILENCED: AlarmEvent.SILENCED,
+    LogEventKind.ALARM_CLEARED: AlarmEvent.CLEARED,
+}
+_SECURITY_BURST_MS = 60_000
+"""Security refusals of one code less than this apart share one log entry (its count grows)."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    serial_number: str = "VP0000001"
+    model: str = "pumprig-virtual"
+    firmware_version: tuple[int, int, int] = (0, 1, 0)
+    test_role: bool = False
+    """Started for testing: the TEST messages exist (and need a TEST key in the key set)."""
+    session_timeout_ms: int = 300_000
+    max_sessions: int = 4
+    outcomes_kept: int = 64
+    """Effectful command ids remembered for exactly-once (at least MAX_OUTCOMES)."""
+
+    def __post_init__(self) -> None:
+        if self.outcomes_kept < m.MAX_OUTCOMES:
+            raise ValueError(f"keep at least {m.MAX_OUTCOMES} command outcomes")
+
+
+@dataclass
+class LinkStats:
+    """What the device received and how it judged it."""
+
+    frames_ok: int = 0
+    frames_bad_crc: int = 0
+    frames_bad_framing: int = 0
+    dropped: int = 0
+    """Valid frames not answered: too short for a header, our own echo, bad tags in a backoff."""
+    refused: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Session:
+    role: Role
+    keys: SessionKeys
+    channel: Channel
+    last_valid_ms: int
+
+
+@dataclass
+class _Outcome:
+    msg_type: MsgType
+    digest: bytes
+    reply: Any
+    """The reply payload, or the ErrorReply of a refusal."""
+    at_ms: int
+
+
+@dataclass
+class _Staged:
+    session_id: int
+    token: int
+    request: Any
+    check: TherapyCheck
+
+
+class Device:
+    """One virtual pump as its telemetry firmware would run it."""
+
+    def __init__(
+        self,
+        pump: Pump,
+        keys: KeySet,
+        *,
+        config: DeviceConfig | None = None,
+        boot_counter: int = 1,
+        entropy: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.pump = pump
+        self.keys = keys
+        self.config = config if config is not None else DeviceConfig()
+        self.boot_counter = boot_counter
+        self._entropy = entropy
+        self._deframer = Deframer()
+        self._plain = Channel(from_pump=True)
+        self._sessions: dict[int, _Session] = {}
+        self._session_serial = 0
+        self._outcomes: OrderedDict[int, _Outcome] = OrderedDict()
+        self._staged: _Staged | None = None
+        self._out: list[bytes] = []
+        self.stats = LinkStats()
+        self._bad_tags_in_row = 0
+        self._backoff_until_ms = 0
+        self._host_ms = 0
+        self._offset_ms = pump.now_ms
+        self._held_at: int | None = None
+        self._log_seen = pump.log.next_seq
+
+    # ------------------------------------------------------------------ the three calls
+
+    def receive_data(self, data: bytes, now_ms: int) -> None:
+        """Bytes from the link, in any chunking. Replies are queued for ``data_to_send``."""
+        self.advance(now_ms)
+        for item in self._deframer.feed(data):
+            if isinstance(item, bytes):
+                self.pump.count_frames(1)
+                self._on_body(item)
+        self.stats.frames_ok = self._deframer.frames_ok
+        self.stats.frames_bad_crc = self._deframer.frames_bad_crc
+        self.stats.frames_bad_framing = self._deframer.frames_bad
+        self._notify_alarms()
+
+    def advance(self, now_ms: int) -> None:
+        """Host time passes: the pump runs, idle sessions end, alarm events are notified."""
+        if now_ms < self._host_ms:
+            raise ValueError(f"host time runs forward only: {now_ms} < {self._host_ms}")
+        self._host_ms = now_ms
+        before = self.pump.now_ms
+        self.pump.advance(self.pump_time_ms)
+        for sid in [s for s, x in self._sessions.items() if now_ms - x.last_valid_ms > self.config.session_timeout_ms]:
+            self._end_session(sid)
+        self._notify_alarms(repeats_since_ms=before)
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the link, in order; empties the queue."""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def pump_time_ms(self) -> int:
+        """The pump's uptime now: host time, plus test-role advances, frozen while held."""
+        return self._held_at if self._held_at is not None else self._host_ms + self._offset_ms
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._sessions)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_body(self, body: bytes) -> None:
+        header = decode_header(body)
+        if header is None:
+            self.stats.dropped += 1  # nothing to echo
+            return
+        session = self._sessions.get(header.session_id) if header.secured else None
+        result = decode_body(body, session.keys if session is not None else None)
+        if isinstance(result, DecodeError):
+            if result.authentic and session is not None and result.header is not None:
+                result = session.channel.check_fresh(result.header) or result
+            self._refuse_decode(result, header, session)
+            return
+        h = result.header
+        if h.from_pump:
+            self.stats.dropped += 1  # our own echo, or another pump's frame
+            return
+        d = CATALOG[MsgType(h.msg_type)]
+        if session is not None:
+            replay = session.channel.check_fresh(h)
+            if replay is not None:
+                self._refuse(h, session, replay.code, replay.detail)
+                return
+            session.last_valid_ms = self._host_ms
+            self._bad_tags_in_row = 0
+            self._backoff_until_ms = 0
+            if d.pre_session:
+                self._refuse(h, session, ErrorCode.WRONG_ROLE, f"{d.msg_type.name} is accepted before a session only")
+                return
+            if session.role not in d.roles:
+                self._refuse(h, session, ErrorCode.WRONG_ROLE, f"{session.role.name} may not send {d.msg_type.name}")
+                return
+        elif not d.pre_session:
+            self._refuse(h, None, ErrorCode.NO_SESSION, f"{d.msg_type.name} needs a session")
+            return
+        if d.test_only and not self.config.test_role:
+            self._refuse(h, session, ErrorCode.NOT_SUPPORTED, "this device was not started for testing")
+            return
+        if d.effectful:
+            self._effectful(result, session)
+        else:
+            self._answer(result, session)
+
+    def _refuse_decode(self, err: DecodeError, header: Header, session: _Session | None) -> None:
+        h = err.header if err.header is not None else header
+        if h.from_pump:
+            self.stats.dropped += 1
+            return
+        if err.code is ErrorCode.BAD_TAG:
+            if self._host_ms < self._backoff_until_ms:
+                self.stats.dropped += 1
+                self._security_event(ErrorCode.BAD_TAG)
+                return
+            backoff = min(BAD_TAG_MAX_MS, BAD_TAG_FIRST_MS << min(self._bad_tags_in_row, 16))
+            self._bad_tags_in_row += 1
+            self._backoff_until_ms = self._host_ms + backoff
+            self._refuse(h, session, ErrorCode.BAD_TAG, err.detail, retry_after_ms=backoff)
+            return
+        self._refuse(h, session, err.code, err.detail, field=err.field, lo=err.lo, hi=err.hi)
+
+    def _refuse(
+        self,
+        request: Header,
+        session: _Session | None,
+        code: ErrorCode,
+        detail: str,
+        *,
+        field: int = 255,
+        lo: int = 0,
+        hi: int = 0,
+        retry_after_ms: int = 0,
+    ) -> m.ErrorReply:
+        """Answer with an error reply: sealed if the pump holds the named session, else plaintext."""
+        del detail  # the reason is in the code; details stay on the pump
+        self.stats.refused[code.name] = self.stats.refused.get(code.name, 0) + 1
+        if code in _SECURITY_CODES:
+            self._security_event(code)
+        reply = m.ErrorReply(code, field, lo, hi, retry_after_ms)
+        self._send_error(request, session, reply)
+        return reply
+
+    def _send_error(self, request: Header, session: _Session | None, reply: m.ErrorReply) -> None:
+        channel = session.channel if session is not None else self._plain
+        self._queue(channel.error(request, reply).data)
+
+    def _security_event(self, code: ErrorCode) -> None:
+        self.pump.note_security_event(int(code), _SECURITY_BURST_MS)
+
+    def _queue(self, frame: bytes) -> None:
+        self.pump.count_frames(1)
+        self._out.append(frame)
+
+    # ------------------------------------------------------------------ exactly-once
+
+    def _effectful(self, packet: Packet, session: _Session | None) -> None:
+        h = packet.header
+        msg_type = MsgType(h.msg_type)
+        digest = hashlib.sha256(bytes([msg_type]) + encode_payload(packet.message)).digest()
+        known = self._outcomes.get(h.command_id)
+        if known is not None:
+            if known.msg_type is not msg_type or known.digest != digest:
+                self._refuse(h, session, ErrorCode.COMMAND_ID_REUSED, "command id recorded with another request")
+                return
+            self._resend(h, session, known.reply)
+            return
+        try:
+            reply = self._handle(packet, session)
+        except RefusalError as exc:
+            reply = m.ErrorReply(exc.code, exc.field, exc.lo, exc.hi, exc.retry_after_ms)
+            self.stats.refused[exc.code.name] = self.stats.refused.get(exc.code.name, 0) + 1
+        self._outcomes[h.command_id] = _Outcome(msg_type, digest, reply, self.pump.now_ms)
+        while len(self._outcomes) > self.config.outcomes_kept:
+            self._outcomes.popitem(last=False)
+        self._resend(h, session, reply)
+
+    def _resend(self, h: Header, session: _Session | None, reply: Any) -> None:
+        if isinstance(reply, m.ErrorReply):
+            self._send_error(h, session, reply)
+        else:
+            assert session is not None
+            self._queue(session.channel.reply(h, reply).data)
+
+    def _answer(self, packet: Packet, session: _Session | None) -> None:
+        h = packet.header
+        try:
+            reply = self._handle(packet, session)
+        except RefusalError as exc:
+            self._refuse(h, session, exc.code, exc.detail, field=exc.field, lo=exc.lo, hi=exc.hi)
+            return
+        if isinstance(reply, _OpenedSession):
+            self._queue(self._plain.reply(h, reply.reply, session_id=reply.session_id).data)
+            return
+        channel = session.channel if session is not None else self._plain
+        self._queue(channel.reply(h, reply).data)
+        if h.msg_type == MsgType.SESSION_CLOSE and session is not None:
+            self._end_session(h.session_id)
+
+    # ------------------------------------------------------------------ the messages
+
+    def _handle(self, packet: Packet, session: _Session | None) -> Any:
+        msg = packet.message
+        handler = _HANDLERS[MsgType(packet.header.msg_type)]
+        return handler(self, msg, packet.header, session)
+
+    def _identify(self, _msg: m.Identify, _h: Header, _s: _Session | None) -> m.IdentifyReply:
+        features = Feature.FLEX | Feature.PATIENT_BOLUS
+        if self.config.test_role:
+            features |= Feature.TEST_ROLE | Feature.VIRTUAL_TIME | Feature.FAULT_INJECTION | Feature.STEP_LOG
+        major, minor, patch = self.config.firmware_version
+        return m.IdentifyReply(
+            PROTOCOL_VERSION, PROTOCOL_VERSION, DeviceClass.ITB_PUMP, features, MAX_FRAME_BYTES, major, minor, patch
+        )
+
+    def _session_open(self, msg: m.SessionOpen, _h: Header, _s: _Session | None) -> _OpenedSession:
+        role_key = self.keys.by_id(msg.role, msg.key_id)
+        if role_key is None or (msg.role is Role.TEST and not self.config.test_role):
+            self._security_event(ErrorCode.UNKNOWN_KEY)
+            raise RefusalError(ErrorCode.UNKNOWN_KEY, "no such key on this device", field=1)
+        if len(self._sessions) >= self.config.max_sessions:
+            oldest = min(self._sessions, key=lambda sid: self._sessions[sid].last_valid_ms)
+            self._end_session(oldest)
+        session_id = 0
+        while session_id == 0 or session_id in self._sessions:
+            session_id = int.from_bytes(self._entropy(4), "little")
+        self._session_serial += 1
+        nonce = pump_nonce(self._entropy(16), self.boot_counter, self._session_serial)
+        keys = derive_session_keys(role_key, session_id, msg.client_nonce, nonce)
+        self._sessions[session_id] = _Session(msg.role, keys, Channel(from_pump=True, keys=keys), self._host_ms)
+        self.pump.log_event(LogEventKind.SESSION_OPENED, msg.role, session_id)
+        reply = m.SessionOpenReply(nonce, self.boot_counter, self.config.session_timeout_ms, keys.confirm)
+        return _OpenedSession(session_id, reply)
+
+    def _end_session(self, session_id: int) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return
+        if self._staged is not None and self._staged.session_id == session_id:
+            self._staged = None  # a lost or closed session never leaves a change half-applied
+        self.pump.log_event(LogEventKind.SESSION_CLOSED, session.role, session_id)
+
+    def _session_close(self, _msg: m.SessionClose, _h: Header, _s: _Session | None) -> m.Ack:
+        return m.Ack()
+
+    def _interrogate(self, _msg: m.Interrogate, _h: Header, _s: _Session | None) -> m.InterrogateReply:
+        p = self.pump
+        st = p.status()
+        cfg = p.config
+        major, minor, patch = self.config.firmware_version
+        outcomes = tuple(
+            m.CommandOutcome(
+                cid, o.msg_type, o.reply.code if isinstance(o.reply, m.ErrorReply) else ErrorCode.OK, o.at_ms
+            )
+            for cid, o in reversed(self._outcomes.items())
+        )[: m.MAX_OUTCOMES]
+        return m.InterrogateReply(
+            serial_number=self.config.serial_number,
+            model=self.config.model,
+            firmware_major=major,
+            firmware_minor=minor,
+            firmware_patch=patch,
+            protocol_version=PROTOCOL_VERSION,
+            boot_counter=self.boot_counter,
+            uptime_ms=st.now_ms,
+            wall_clock_ms=max(0, st.wall_clock_ms),
+            reservoir_capacity_nl=cfg.reservoir_capacity_nl,
+            reservoir_estimate_nl=max(0, st.reservoir_estimate_nl),
+            low_reservoir_threshold_nl=p.low_reservoir_threshold_nl,
+            catheter_volume_nl=p.catheter_volume_nl,
+            tubing_volume_nl=cfg.tubing_volume_nl,
+            step_volume_nl=cfg.step_volume_nl,
+            last_refill_ms=p.last_refill_ms,
+            battery_state=st.battery_state,
+            battery_remaining_permille=st.battery_charge_pc * 1000 // cfg.battery.capacity_pc,
+            eri_at_ms=st.eri_at_ms or 0,
+            alarms=st.alarms,
+            silenced=p.alarms.silenced_set(st.now_ms),
+            drug=p.drug,
+            concentration_ug_per_ml=st.concentration_ug_per_ml,
+            mode=st.mode,
+            dose_ng_per_day=p.dose_now_ng_per_day(),
+            rate_nl_per_day=p.program_rate_nl_per_day(),
+            program_crc=crc32(encode_payload(p.program)),
+            bolus_active=st.bolus_active,
+            patient_bolus=p.patient_bolus,
+            outcomes=outcomes,
+        )
+
+    def _status(self, _msg: m.Status, _h: Header, _s: _Session | None) -> m.StatusReply:
+        st = self.pump.status()
+        return m.StatusReply(
+            uptime_ms=st.now_ms,
+            wall_clock_ms=max(0, st.wall_clock_ms),
+            mode=st.mode,
+            rate_nl_per_day=self.pump.program_rate_nl_per_day(),
+            bolus_active=st.bolus_active,
+            reservoir_estimate_nl=max(0, st.reservoir_estimate_nl),
+            delivered_nl=st.commanded_nl,
+            battery_state=st.battery_state,
+            alarms=st.alarms,
+            staged=int(self._staged is not None),
+        )
+
+    def _read_program(self, msg: m.ReadProgram, _h: Header, _s: _Session | None) -> m.Program:
+        if msg.slot is ProgramSlot.ACTIVE:
+            return self.pump.program
+        staged = self._staged
+        if staged is None or not isinstance(staged.request, m.StageProgram):
+            raise RefusalError(ErrorCode.NOTHING_STAGED, "no program is staged")
+        return staged.request.program
+
+    def _stage(self, request: Any, session: _Session | None, kind: StageKind, check: TherapyCheck) -> m.StageReply:
+        assert session is not None
+        token = crc32(encode_payload(request))
+        self._staged = _Staged(next(sid for sid, s in self._sessions.items() if s is session), token, request, check)
+        return m.StageReply(
+            token, kind, check.max_dose_ng_per_day, check.max_rate_nl_per_day, int(check.soft_limit_overridden)
+        )
+
+    def _stage_program(self, msg: m.StageProgram, _h: Header, s: _Session | None) -> m.StageReply:
+        check = self.pump.check_program(msg.program, bool(msg.override_soft_limits))
+        return self._stage(msg, s, StageKind.PROGRAM, check)
+
+    def _stage_bolus(self, msg: m.StageBolus, _h: Header, s: _Session | None) -> m.StageReply:
+        check = self.pump.check_bolus(msg.kind, msg.volume_nl, msg.duration_ms)
+        return self._stage(msg, s, StageKind.BOLUS, check)
+
+    def _stage_patient_bolus(self, msg: m.StagePatientBolus, _h: Header, s: _Session | None) -> m.StageReply:
+        check = self.pump.check_patient_bolus(msg.settings)
+        return self._stage(msg, s, StageKind.PATIENT_BOLUS_SETTINGS, check)
+
+    def _commit(self, msg: m.Commit, _h: Header, _s: _Session | None) -> m.CommitReply:
+        staged = self._staged
+        if staged is None:
+            raise RefusalError(ErrorCode.NOTHING_STAGED, "nothing is staged")
+        if msg.stage_token != staged.token:
+            raise RefusalError(ErrorCode.STAGE_MISMATCH, "the token is not the staged change's", field=0)
+        request = staged.request
+        if isinstance(request, m.StageProgram):
+            self.pump.commit_program(request.program, bool(request.override_soft_limits))
+        elif isinstance(request, m.StageBolus):
+            self.pump.start_bolus(request.kind, request.volume_nl, request.duration_ms)
+        else:
+            self.pump.set_patient_bolus(request.settings)
+        self._staged = None
+        return m.CommitReply(staged.token, self.pump.now_ms)
+
+    def _abort(self, _msg: m.Abort, _h: Header, _s: _Session | None) -> m.Ack:
+        if self._staged is not None:
+            self._staged = None
+            self.pump.log_event(LogEventKind.PROGRAM_ABORTED)
+        return m.Ack()
+
+    def _patient_bolus_request(
+        self, _msg: m.PatientBolusRequest, _h: Header, _s: _Session | None
+    ) -> m.PatientBolusGrant:
+        return self.pump.request_patient_bolus()
+
+    def _cancel_bolus(self, _msg: m.CancelBolus, _h: Header, _s: _Session | None) -> m.Ack:
+        self.pump.cancel_bolus()
+        return m.Ack()
+
+    def _refill(self, msg: m.Refill, _h: Header, _s: _Session | None) -> m.RefillReply:
+        needed = RefillConfirmation.NEEDLE_IN_RESERVOIR | RefillConfirmation.ASPIRATION_CONFIRMED
+        if msg.confirmations & needed != needed:
+            raise RefusalError(
+                ErrorCode.OUT_OF_RANGE, "both refill confirmations are needed (pocket-fill guard)", field=5, lo=3, hi=3
+            )
+        r = self.pump.refill(
+            msg.aspirated_volume_nl, msg.added_volume_nl, msg.concentration_ug_per_ml, msg.drug, msg.catheter_volume_nl
+        )
+        return m.RefillReply(
+            r.expected_volume_nl,
+            r.aspirated_volume_nl,
+            r.discrepancy_nl,
+            r.reservoir_estimate_nl,
+            int(r.concentration_changed),
+            r.bridge_volume_nl,
+        )
+
+    def _configure_alarms(self, msg: m.ConfigureAlarms, _h: Header, _s: _Session | None) -> m.AlarmConfig:
+        self.pump.configure_alarms(msg.low_reservoir_threshold_nl, msg.critical_repeat_ms, msg.non_critical_repeat_ms)
+        return m.AlarmConfig(msg.low_reservoir_threshold_nl, msg.critical_repeat_ms, msg.non_critical_repeat_ms)
+
+    def _silence_alarm(self, msg: m.SilenceAlarm, _h: Header, _s: _Session | None) -> m.Ack:
+        self.pump.silence_alarm(msg.alarm, msg.duration_ms)
+        return m.Ack()
+
+    def _acknowledge_alarm(self, msg: m.AcknowledgeAlarm, _h: Header, _s: _Session | None) -> m.Ack:
+        self.pump.acknowledge_alarm(msg.alarm)
+        return m.Ack()
+
+    def _read_log(self, msg: m.ReadLog, _h: Header, _s: _Session | None) -> m.LogPage:
+        log = self.pump.log
+        return m.LogPage(log.oldest_seq, log.next_seq, tuple(log.page(msg.first_seq, msg.max_entries)))
+
+    def _set_clock(self, msg: m.SetClock, _h: Header, _s: _Session | None) -> m.SetClockReply:
+        before = max(0, self.pump.wall_clock_ms)
+        self.pump.set_clock(msg.wall_clock_ms)
+        return m.SetClockReply(before, msg.wall_clock_ms)
+
+    def _read_limits(self, _msg: m.ReadLimits, _h: Header, _s: _Session | None) -> m.DrugLimits:
+        return self.pump.limits
+
+    def _set_limits(self, msg: m.SetLimits, _h: Header, _s: _Session | None) -> m.DrugLimits:
+        self.pump.set_limits(msg.limits)
+        return self.pump.limits
+
+    def _advance_time(self, msg: m.AdvanceTime, _h: Header, _s: _Session | None) -> m.ClockReply:
+        before = self.pump.now_ms
+        if self._held_at is not None:
+            self._held_at += msg.delta_ms
+        else:
+            self._offset_ms += msg.delta_ms
+        self.pump.advance(self.pump_time_ms)
+        self._notify_alarms(repeats_since_ms=before)
+        return m.ClockReply(self.pump.now_ms, int(self._held_at is not None))
+
+    def _hold_clock(self, msg: m.HoldClock, _h: Header, _s: _Session | None) -> m.ClockReply:
+        if msg.hold and self._held_at is None:
+            self._held_at = self.pump_time_ms
+        elif not msg.hold and self._held_at is not None:
+            self._offset_ms = self._held_at - self._host_ms
+            self._held_at = None
+        return m.ClockReply(self.pump.now_ms, int(self._held_at is not None))
+
+    def _inject_fault(self, msg: m.InjectFault, _h: Header, _s: _Session | None) -> m.Ack:
+        if msg.fault is FaultKind.RESET or msg.fault is FaultKind.LOW_BATTERY_RESET:
+            self._staged = None
+            for sid in list(self._sessions):
+                self._end_session(sid)
+        self.pump.inject_fault(msg.fault, msg.param)
+        return m.Ack()
+
+    def _read_plant(self, _msg: m.ReadPlant, _h: Header, _s: _Session | None) -> m.PlantReply:
+        a = self.pump.acc
+        return m.PlantReply(
+            a.true_reservoir_nl,
+            a.delivered_true_nl,
+            a.steps_total,
+            self.pump.config.stroke_error_nl_per_step,
+            a.charge_pc // 1_000_000,
+            int(self.pump.alarms.is_active(AlarmCode.MOTOR_STALL)),
+        )
+
+    def _read_step_log(self, msg: m.ReadStepLog, _h: Header, _s: _Session | None) -> m.StepLogReply:
+        p = self.pump
+        first = max(msg.first_step, p.oldest_logged_step)
+        times = p.step_times(first, msg.max_items)
+        return m.StepLogReply(p.acc.steps_total, p.oldest_logged_step, first, tuple(m.StepTime(t) for t in times))
+
+    # ------------------------------------------------------------------ notifications
+
+    def _notify_alarms(self, repeats_since_ms: int | None = None) -> None:
+        """ALARM_NOTIFY into every open session allowed to receive it, one per alarm event."""
+        log = self.pump.log
+        events: list[tuple[AlarmCode, AlarmEvent, int]] = [
+            (AlarmCode(e.code), _ALARM_EVENTS[e.kind], e.at_ms)
+            for e in log.page(self._log_seen, log.next_seq - self._log_seen)
+            if e.kind in _ALARM_EVENTS
+        ]
+        self._log_seen = log.next_seq
+        if repeats_since_ms is not None:
+            now = self.pump.now_ms
+            for code in list(self.pump.alarms.active):
+                tones = self.pump.alarms.tones(code, repeats_since_ms + 1, now + 1)
+                if tones and tones[-1] != self.pump.alarms.active[code].raised_ms:
+                    events.append((code, AlarmEvent.REPEATED, tones[-1]))  # the latest repeat only
+        if not events:
+            return
+        roles = CATALOG[MsgType.ALARM_NOTIFY].roles
+        active = self.pump.alarms.as_set()
+        for session in self._sessions.values():
+            if session.role not in roles:
+                continue
+            for code, event, at_ms in events:
+                note = m.AlarmNotify(code, event, alarm_priority(code), tone_of(code), at_ms, AlarmSet(active))
+                self._queue(session.channel.notify(note).data)
+
+
+def _result_code(reply: Any) -> ErrorCode:
+    return reply.code if isinstance(reply, m.ErrorReply) else ErrorCode.OK
+
+
+@dataclass(frozen=True)
+class _OpenedSession:
+    session_id: int
+    reply: m.SessionOpenReply
+
+
+_Handler = Callable[[Device, Any, Header, "_Session | None"], Any]
+_HANDLERS: dict[MsgType, _Handler] = {
+    MsgType.IDENTIFY: Device._identify,
+    MsgType.SESSION_OPEN: Device._session_open,
+    MsgType.SESSION_CLOSE: Device._session_close,
+    MsgType.INTERROGATE: Device._interrogate,
+    MsgType.STATUS: Device._status,
+    MsgType.READ_PROGRAM: Device._read_program,
+    MsgType.STAGE_PROGRAM: Device._stage_program,
+    MsgType.STAGE_BOLUS: Device._stage_bolus,
+    MsgType.STAGE_PATIENT_BOLUS: Device._stage_patient_bolus,
+    MsgType.COMMIT: Device._commit,
+    MsgType.ABORT: Device._abort,
+    MsgType.PATIENT_BOLUS_REQUEST: Device._patient_bolus_request,
+    MsgType.CANCEL_BOLUS: Device._cancel_bolus,
+    MsgType.REFILL: Device._refill,
+    MsgType.CONFIGURE_ALARMS: Device._configure_alarms,
+    MsgType.SILENCE_ALARM: Device._silence_alarm,
+    MsgType.ACKNOWLEDGE_ALARM: Device._acknowledge_alarm,
+    MsgType.READ_LOG: Device._read_log,
+    MsgType.SET_CLOCK: Device._set_clock,
+    MsgType.READ_LIMITS: Device._read_limits,
+    MsgType.SET_LIMITS: Device._set_limits,
+    MsgType.TEST_ADVANCE_TIME: Device._advance_time,
+    MsgType.TEST_HOLD_CLOCK: Device._hold_clock,
+    MsgType.TEST_INJECT_FAULT: Device._inject_fault,
+    MsgType.TEST_READ_PLANT: Device._read_plant,
+    MsgType.TEST_READ_STEP_LOG: Device._read_step_log,
+}
+assert set(_HANDLERS) == {t for t, d in CATALOG.items() if d.request is not None}, "every request has a handler"
