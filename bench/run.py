@@ -3,8 +3,9 @@
 For each case a secured frame is encoded (header, AEAD, CRC-32, COBS) and decoded (deframe,
 CRC, tag, payload, ranges) many times; the medians and 90th percentiles are set against the
 time the same frame takes on the line at 115200 baud 8N1. The goal is a codec cost of at most
-1 % of line time. Each case also times the payload parse with construct's compiled struct
-against the interpreted one, both measured in the same run (a ratio, not an absolute figure).
+1 % of line time. Each case also times the payload parse on the codec's compiled path (the
+positional record construct compiles from the same declarations) against the interpreted named
+Struct, both measured in the same run (a ratio, not an absolute figure).
 
     python -m bench.run --out bench/results.json [--quick]
 """
@@ -22,16 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import simulate_bench
 from protocol_spec import messages as m
 from protocol_spec.codec import Header, decode_body, encode_packet, encode_payload
 from protocol_spec.enums import PROTOCOL_VERSION, AlarmSet, BatteryState, BolusKind, FrameFlags, MsgType, TherapyMode
 from protocol_spec.examples import HANDSHAKE, flex_13_steps
 from protocol_spec.fields import struct_of, whole_payload_parser
 from protocol_spec.framing import Deframer
+from protocol_spec.timing import BITS_PER_BYTE, LINK_BAUD
 
 FORMAT = "pumprig-bench/1"
-BAUD = 115_200
-BITS_PER_BYTE = 10  # 8N1: start, 8 data, stop
+BAUD = LINK_BAUD
 GOAL_PERCENT = 1.0
 
 
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats, inner = (5, 50) if args.quick else (31, 300)
     results = []
+    print("bench: simulator, a whole pump life twice ...", flush=True)
+    simulator = simulate_bench.run(1 if args.quick else 5)
     for case in _cases():
         print(f"bench: {case.name} ...", flush=True)
         results.append(run_case(case, repeats, inner))
@@ -147,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
         },
         "cases": results,
+        "simulator": simulator,
     }
     for r in results:
         print(
@@ -156,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
             f"[{'within' if r['within_goal'] else 'OVER'} the {GOAL_PERCENT} % goal] | "
             f"interpreted/compiled parse {r['interpreted_over_compiled']}x"
         )
+    t, x = simulator["flex13_typical_dose"], simulator["flex13_ten_times_dose"]
+    print(
+        f"simulator: to EOS ({t['simulated_years']} y, {t['events']:,} events) in {t['wall_s_median']} s; "
+        f"at 10x the dose ({x['simulated_years']} y, {x['steps']:,} steps) in {x['wall_s_median']} s; "
+        f"ratio {simulator['ten_times_over_typical']} [{'within' if simulator['within_goal'] else 'OVER'} the goal]"
+    )
     if args.out is not None:
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"bench: wrote {args.out}")

@@ -57,7 +57,5 @@ def run(repeats: int) -> dict[str, Any]:
         "flex13_typical_dose": typical,
         "flex13_ten_times_dose": tenfold,
         "ten_times_over_typical": round(ratio, 2),
-        "within_goal": typical["wall_s_median"] < GOAL_S
-        and tenfold["wall_s_median"] < GOAL_S
-        and ratio < GOAL_RATIO,
+        "within_goal": typical["wall_s_median"] < GOAL_S and tenfold["wall_s_median"] < GOAL_S and ratio < GOAL_RATIO,
     }

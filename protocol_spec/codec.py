@@ -20,15 +20,15 @@ from .enums import PROTOCOL_VERSION, Direction, ErrorCode, FrameFlags, MsgType
 from .fields import (
     FieldRangeError,
     TruncatedError,
-    compiled_struct_of,
+    build_values,
     field_infos,
-    from_container,
+    from_values,
+    parse_values,
     struct_of,
-    to_container,
+    to_values,
     u8,
     u32,
     u64,
-    whole_payload_parser,
 )
 from .framing import MAX_BODY_BYTES, encode_frame
 from .messages import ErrorReply
@@ -53,6 +53,9 @@ __all__ = [
 
 _FROM_PUMP, _SECURED, _ERROR = int(FrameFlags.FROM_PUMP), int(FrameFlags.SECURED), int(FrameFlags.ERROR)
 _ALL_FLAGS = _FROM_PUMP | _SECURED | _ERROR
+_FRAME_FLAGS = {v: FrameFlags(v) for v in range(_ALL_FLAGS + 1)}
+"""Every defined combination of header flags, looked up rather than made per frame."""
+_MSG_TYPES: dict[int, MsgType] = {int(t): t for t in MsgType}
 
 
 @dataclass(frozen=True)
@@ -86,13 +89,12 @@ class Header:
     @property
     def known_type(self) -> MsgType | None:
         try:
-            return MsgType(self.msg_type)
-        except ValueError:
+            return _MSG_TYPES.get(self.msg_type)
+        except TypeError:  # unhashable: no message type either
             return None
 
 
 HEADER_BYTES = 31
-_HEADER = compiled_struct_of(Header)
 assert struct_of(Header).sizeof() == HEADER_BYTES
 
 
@@ -126,15 +128,16 @@ class DecodeError:
 
 def payload_class(msg_type: MsgType, flags: int) -> type[Any] | None:
     """Which payload class a frame of this type and direction carries."""
-    if flags & FrameFlags.ERROR:
-        return ErrorReply if flags & FrameFlags.FROM_PUMP else None
+    flags = int(flags)
+    if flags & _ERROR:
+        return ErrorReply if flags & _FROM_PUMP else None
     d: MessageDef = CATALOG[msg_type]
-    return d.reply if flags & FrameFlags.FROM_PUMP else d.request
+    return d.reply if flags & _FROM_PUMP else d.request
 
 
 def encode_payload(message: object) -> bytes:
     """Validate and encode a payload object. Raises FieldRangeError on a bad value."""
-    return bytes(compiled_struct_of(type(message)).build(to_container(message)))
+    return build_values(type(message), to_values(message))
 
 
 def _top_field_index(cls: type[Any], path: str) -> int:
@@ -148,11 +151,11 @@ def _top_field_index(cls: type[Any], path: str) -> int:
 def decode_payload(cls: type[Any], payload: bytes, header: Header | None = None) -> Any:
     """Decode a payload of a known class; a DecodeError value on any problem."""
     try:
-        container = whole_payload_parser(cls).parse(payload)
+        values = parse_values(cls, payload)
     except (cs.ConstructError, struct.error) as exc:  # compiled parsers raise struct.error when short
         return DecodeError(ErrorCode.MALFORMED, f"{cls.__name__}: {type(exc).__name__}", header)
     try:
-        return from_container(cls, container)
+        return from_values(cls, values)
     except TruncatedError as exc:
         return DecodeError(ErrorCode.MALFORMED, f"{cls.__name__}: {exc}", header)
     except FieldRangeError as exc:
@@ -160,15 +163,15 @@ def decode_payload(cls: type[Any], payload: bytes, header: Header | None = None)
 
 
 def encode_header(header: Header) -> bytes:
-    return bytes(_HEADER.build(to_container(header)))
+    return build_values(Header, to_values(header))
 
 
 def decode_header(body: bytes) -> Header | None:
     """The header of a frame body, or None if the body is shorter than a header."""
     if len(body) < HEADER_BYTES:
         return None
-    c = _HEADER.parse(body[:HEADER_BYTES])
-    return Header(c.version, c.msg_type, FrameFlags(c.flags), c.session_id, c.counter, c.echo_counter, c.command_id)
+    version, msg_type, flags, session_id, counter, echo_counter, command_id = parse_values(Header, body, whole=False)
+    return Header(version, msg_type, FrameFlags(flags), session_id, counter, echo_counter, command_id)
 
 
 def encode_body(header: Header, message: object, keys: SessionKeys | None = None) -> bytes:
@@ -182,7 +185,7 @@ def encode_body(header: Header, message: object, keys: SessionKeys | None = None
         expected: type[Any] | None = ErrorReply if header.from_pump else None
         name = f"ERROR reply to type 0x{header.msg_type:02x}"
     else:
-        msg_type = MsgType(header.msg_type)
+        msg_type = header.known_type or MsgType(header.msg_type)  # no member is 0; ValueError if unknown
         expected = payload_class(msg_type, header.flags)
         name = msg_type.name
         if CATALOG[msg_type].effectful and not header.from_pump and header.command_id == 0:
@@ -218,18 +221,12 @@ def decode_body(body: bytes, keys: SessionKeys | None = None) -> Packet | Decode
     """
     if len(body) < HEADER_BYTES:
         return DecodeError(ErrorCode.MALFORMED, f"{len(body)} bytes is shorter than a header")
-    header_c = _HEADER.parse(body[:HEADER_BYTES])
-    if header_c.flags & ~_ALL_FLAGS:
-        return DecodeError(ErrorCode.MALFORMED, f"undefined header flags 0x{header_c.flags:02x}")
-    header = Header(
-        header_c.version,
-        header_c.msg_type,
-        FrameFlags(header_c.flags),
-        header_c.session_id,
-        header_c.counter,
-        header_c.echo_counter,
-        header_c.command_id,
+    version, msg_type_byte, flags, session_id, counter, echo_counter, command_id = parse_values(
+        Header, body, whole=False
     )
+    if flags & ~_ALL_FLAGS:
+        return DecodeError(ErrorCode.MALFORMED, f"undefined header flags 0x{flags:02x}")
+    header = Header(version, msg_type_byte, _FRAME_FLAGS[flags], session_id, counter, echo_counter, command_id)
     if header.is_error and not header.from_pump:
         return DecodeError(ErrorCode.MALFORMED, "ERROR flag on a frame not from the pump", header)
     if header.version != PROTOCOL_VERSION and not header.is_error:

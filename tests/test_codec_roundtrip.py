@@ -1,13 +1,16 @@
-"""The codec both ways: every message class round-trips, the compiled and interpreted structs
-agree, out-of-range values are refused on encode and reported precisely on decode, and the
-largest message of every class fits a frame."""
+"""The codec both ways: every message class round-trips, the compiled positional hot path agrees
+with the interpreted named structs (and decodes any payload as the compiled named struct and
+``from_container`` do), out-of-range values are refused on encode and reported precisely on
+decode, and the largest message of every class fits a frame."""
 
 from __future__ import annotations
 
 import dataclasses
+import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import construct as cs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -31,10 +34,18 @@ from protocol_spec.examples import example_session
 from protocol_spec.fields import (
     FieldInfo,
     FieldRangeError,
+    TruncatedError,
+    build_values,
     compiled_struct_of,
     field_infos,
+    from_container,
+    from_values,
+    parse_values,
     struct_of,
     to_container,
+    to_values,
+    values_to_container,
+    whole_payload_parser,
     wire_size_range,
 )
 from protocol_spec.framing import CRC_BYTES, MAX_ENCODED_BYTES, MAX_FRAME_BYTES, Deframer
@@ -106,17 +117,72 @@ def test_payload_round_trip(cls: type[Any], data: st.DataObject) -> None:
     assert encode_payload(decoded) == encoded
 
 
+def _assert_paths_agree(cls: type[Any], message: Any, payload: bytes) -> None:
+    """The interpreted named Struct (the reference) and the compiled positional hot path build the
+    same bytes from a message, and parse those bytes into the same fields and the same message."""
+    container = to_container(message)
+    values = to_values(message)
+    assert values_to_container(cls, values) == container
+    interpreted = bytes(struct_of(cls).build(container))
+    compiled = bytes(compiled_struct_of(cls).build(values))
+    assert interpreted == compiled == build_values(cls, values) == encode_payload(message) == payload
+    parsed_i = struct_of(cls).parse(payload)
+    parsed_c = compiled_struct_of(cls).parse(payload)
+    assert _plain(parsed_i) == _plain(values_to_container(cls, parsed_c)) == _plain(container)
+    assert whole_payload_parser(cls).parse(payload) == parse_values(cls, payload) == [*parsed_c, None]
+    assert parse_values(cls, payload + b"more", whole=False) == parsed_c
+    assert from_values(cls, parsed_c) == from_container(cls, parsed_i) == message
+
+
 @pytest.mark.parametrize("cls", ALL_CLASSES, ids=_ids)
 @given(data=st.data())
 def test_compiled_and_interpreted_structs_agree(cls: type[Any], data: st.DataObject) -> None:
     message = data.draw(messages_of(cls))
-    container = to_container(message)
-    interpreted = bytes(struct_of(cls).build(container))
-    compiled = bytes(compiled_struct_of(cls).build(container))
-    assert interpreted == compiled == encode_payload(message)
-    parsed_i = _plain(struct_of(cls).parse(interpreted))
-    parsed_c = _plain(compiled_struct_of(cls).parse(interpreted))
-    assert parsed_i == parsed_c == _plain(container)
+    _assert_paths_agree(cls, message, bytes(struct_of(cls).build(to_container(message))))
+
+
+_NAMED_WHOLE: dict[type[Any], Any] = {}
+
+
+def _compiled_named_struct(cls: type[Any]) -> Any:
+    """construct's compiled named Struct of a whole payload (the codec's former hot path)."""
+    if cls not in _NAMED_WHOLE:
+        named: Any = struct_of(cls)
+        _NAMED_WHOLE[cls] = cs.Struct(*named.subcons, cs.Terminated).compile()
+    return _NAMED_WHOLE[cls]
+
+
+def _reference_decode(cls: type[Any], payload: bytes) -> Any:
+    """decode_payload as the named containers do it: compiled Struct, then from_container."""
+    try:
+        container = _compiled_named_struct(cls).parse(payload)
+    except (cs.ConstructError, struct.error) as exc:
+        return DecodeError(ErrorCode.MALFORMED, f"{cls.__name__}: {type(exc).__name__}")
+    try:
+        return from_container(cls, container)
+    except TruncatedError as exc:
+        return DecodeError(ErrorCode.MALFORMED, f"{cls.__name__}: {exc}")
+    except FieldRangeError as exc:
+        root = exc.field.split(".", 1)[0].split("[", 1)[0]
+        top = [i.name for i in field_infos(cls)].index(root)
+        return DecodeError(ErrorCode.OUT_OF_RANGE, str(exc), None, top, exc.lo, exc.hi)
+
+
+_BYTE = st.sampled_from([0, 1, 2, 3, 7, 0x7F, 0x80, 0xFF]) | st.integers(0, 255)
+"""A byte to write into a payload: edges of ranges, enums and ASCII more often than chance would."""
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES, ids=_ids)
+@given(data=st.data())
+def test_hot_path_decodes_any_payload_as_the_named_struct_does(cls: type[Any], data: st.DataObject) -> None:
+    """Real payloads with bytes overwritten, cut short or extended: same message or same error value."""
+    payload = bytearray(encode_payload(data.draw(messages_of(cls))))
+    for _ in range(data.draw(st.integers(1, 3)) if payload else 0):
+        payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(_BYTE)
+    if data.draw(st.booleans()):
+        del payload[data.draw(st.integers(0, len(payload))) :]
+        payload += data.draw(st.binary(max_size=3))
+    assert decode_payload(cls, bytes(payload)) == _reference_decode(cls, bytes(payload))
 
 
 @given(messages_of(Header))
@@ -150,10 +216,8 @@ def test_example_frames_compiled_and_interpreted_agree(frame: Any) -> None:
     assert isinstance(body, bytes)
     payload = _payload_of(body, frame.header, frame.keys)
     cls = type(frame.message)
-    container = to_container(frame.message)
-    assert bytes(struct_of(cls).build(container)) == payload
-    assert bytes(compiled_struct_of(cls).build(container)) == payload
-    assert _plain(struct_of(cls).parse(payload)) == _plain(compiled_struct_of(cls).parse(payload)) == _plain(container)
+    _assert_paths_agree(cls, frame.message, payload)
+    _assert_paths_agree(Header, frame.header, body[:HEADER_BYTES])
     assert decode_payload(cls, payload) == frame.message
 
 
@@ -279,6 +343,27 @@ def test_out_of_range_value_is_refused_both_ways(
     assert isinstance(result, DecodeError)
     top = [i.name for i in field_infos(cls)].index(str(path[0]))
     assert (result.code, result.field, result.lo, result.hi) == (ErrorCode.OUT_OF_RANGE, top, info.lo, info.hi)
+
+
+FLAG_CASES = [
+    pytest.param(cls, path, info, id=f"{cls.__name__}.{_path_name(path)}")
+    for cls in ALL_CLASSES
+    for path, info in _int_leaves(cls)
+    if info.flags is not None and info.hi < (1 << (8 * info.width_bytes)) - 1
+]
+
+
+@pytest.mark.parametrize(("cls", "path", "info"), FLAG_CASES)
+def test_flag_member_with_an_undefined_bit_is_refused(
+    cls: type[Any], path: tuple[str | int, ...], info: FieldInfo
+) -> None:
+    """An IntFlag value of the right class can still carry bits its declaration does not define."""
+    assert info.flags is not None
+    bad = info.flags(info.hi + 1)  # sets the lowest bit outside the declared mask
+    with pytest.raises(FieldRangeError) as excinfo:
+        encode_payload(_replace_in(extreme_of(cls, largest=False, items=1), path, bad))
+    assert excinfo.value.field == _path_name(path)
+    assert (excinfo.value.lo, excinfo.value.hi) == (info.lo, info.hi)
 
 
 def _secured_body(header: Header, payload: bytes) -> bytes:
