@@ -9,7 +9,7 @@ Defaults (pumprig's choices, not a vendor's figures; DOMAIN.md lists what is pub
 - ERI when the charge left would last 90 days + a 14-day margin at the present program's
   highest rate, so EOS follows at least 90 days later if the therapy is not raised;
 - low-reservoir threshold 2 mL; alarm repeats every 10 min (critical) and 60 min (other);
-- the fastest bolus 1 mL/h (24 mL/day); the event log keeps 4,096 entries, the step log 256.
+- the fastest bolus 1 mL/h (24 mL/day); the event log keeps 1,024 entries, the step log 256.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class PumpConfig:
     non_critical_repeat_ms: int = 60 * 60_000
     limits: DrugLimits = DEFAULT_LIMITS
     max_bolus_rate_nl_per_day: int = 24 * NL_PER_ML
-    event_log_capacity: int = 4096
+    event_log_capacity: int = 1024
     step_log_capacity: int = 256
 
     def __post_init__(self) -> None:

@@ -14,7 +14,9 @@ so) and changes nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from typing import Any
 from protocol_spec import messages as m
 from protocol_spec.catalog import CATALOG
 from protocol_spec.channel import Channel
-from protocol_spec.codec import DecodeError, Header, Packet, decode_body, decode_header, encode_payload
+from protocol_spec.codec import DecodeError, Header, Packet, decode_body, decode_header, decode_payload, encode_payload
 from protocol_spec.enums import (
     PROTOCOL_VERSION,
     AlarmCode,
@@ -47,10 +49,12 @@ from protocol_spec.security import KeySet, SessionKeys, derive_session_keys, pum
 from protocol_spec.timing import BAD_TAG_FIRST_MS, BAD_TAG_MAX_MS
 
 from .alarms import tone_of
-from .errors import RefusalError
-from .pump import Pump, TherapyCheck
+from .config import PumpConfig
+from .errors import CorruptStateError, RefusalError
+from .nvm import BootReport, NvLayout, NvStore, WriteHook, boot, corrupt
+from .pump import Plant, Pump, TherapyCheck
 
-__all__ = ["Device", "DeviceConfig", "LinkStats"]
+__all__ = ["Device", "DeviceConfig", "LinkStats", "nv_layout"]
 
 _SECURITY_CODES = frozenset(
     {ErrorCode.BAD_TAG, ErrorCode.REPLAYED_COUNTER, ErrorCode.WRONG_ROLE, ErrorCode.NO_SESSION, ErrorCode.UNKNOWN_KEY}
@@ -61,6 +65,7 @@ _ALARM_EVENTS = {
     LogEventKind.ALARM_SILENCED: AlarmEvent.SILENCED,
     LogEventKind.ALARM_CLEARED: AlarmEvent.CLEARED,
 }
+_LOG_ENTRY_BYTES = len(encode_payload(m.LogEntry(0, 0, 0, LogEventKind.RESET, 0, 1, 0, 0)))
 _SECURITY_BURST_MS = 60_000
 """Security refusals of one code less than this apart share one log entry (its count grows)."""
 
@@ -130,8 +135,13 @@ class Device:
         config: DeviceConfig | None = None,
         boot_counter: int = 1,
         entropy: Callable[[int], bytes] = secrets.token_bytes,
+        store: NvStore | None = None,
     ) -> None:
+        """A device around a running pump. Without ``store`` nothing persists; ``Device.boot``
+        makes one from a non-volatile image."""
         self.pump = pump
+        self.store = store
+        self._last_written: bytes | None = None
         self.keys = keys
         self.config = config if config is not None else DeviceConfig()
         self.boot_counter = boot_counter
@@ -150,6 +160,99 @@ class Device:
         self._offset_ms = pump.now_ms
         self._held_at: int | None = None
         self._log_seen = pump.log.next_seq
+
+    # ------------------------------------------------------------------ non-volatile memory
+
+    @classmethod
+    def boot(
+        cls,
+        pump_config: PumpConfig,
+        keys: KeySet,
+        *,
+        config: DeviceConfig | None = None,
+        image: bytes | None = None,
+        plant: Plant | None = None,
+        host_ms: int = 0,
+        entropy: Callable[[int], bytes] = secrets.token_bytes,
+        on_write: WriteHook | None = None,
+    ) -> tuple[Device, BootReport]:
+        """Boot from a non-volatile image (None: a factory-new device).
+
+        The boot counter goes up before anything else. The state record holds the pump's
+        firmware state, the exactly-once table and the event log in one record, so a power cut
+        at any write leaves the old state or the new one, never a mix. One bad copy is repaired
+        and logged; a state record with both copies bad (or one that does not make sense) gives
+        a critical MEMORY_ERROR and the safe state: minimum rate, until a clinician reprograms.
+        ``plant`` is the physical pump (reservoir, battery) carried over a reset.
+        """
+        cfg = config if config is not None else DeviceConfig()
+        store, report = boot(nv_layout(pump_config, cfg), image, on_write)
+        raw_boot = store.read("boot")
+        boot_counter = (int.from_bytes(raw_boot, "little") if raw_boot else 0) + 1
+        store.write("boot", boot_counter.to_bytes(8, "little"))
+        pump = Pump(pump_config)
+        outcomes: OrderedDict[int, _Outcome] = OrderedDict()
+        interrupted = None
+        memory_error = "state" in report.failed
+        raw = store.read("state")
+        if raw is not None and not memory_error:
+            try:
+                pump, outcomes, interrupted = _decode_state(pump_config, raw, plant)
+            except (CorruptStateError, ValueError, KeyError, TypeError):
+                memory_error = True
+        if memory_error and plant is not None:  # factory firmware state, the physical pump as it is
+            pump, _ = Pump.restore(pump_config, Pump(pump_config).firmware_record(), plant)
+        device = cls(pump, keys, config=cfg, boot_counter=boot_counter, entropy=entropy, store=store)
+        device._outcomes = outcomes
+        device._host_ms = host_ms
+        device._offset_ms = pump.now_ms - host_ms
+        if interrupted is not None:
+            pump.log_event(LogEventKind.BOLUS_INTERRUPTED, interrupted)
+        pump.log_event(LogEventKind.RESET, 0, boot_counter)
+        for name in report.repaired:
+            pump.log_event(LogEventKind.MEMORY_REPAIRED, 0, store.layout.record(name).record_id)
+        if memory_error:
+            pump.enter_safe_state(AlarmCode.MEMORY_ERROR)
+        device._log_seen = pump.log.next_seq
+        device.checkpoint()
+        return device, report
+
+    def checkpoint(self) -> None:
+        """Commit the state record if it changed (one write point). Every effectful command
+        is committed here, with its outcome, before its reply is sent and before the motor
+        runs again."""
+        if self.store is None:
+            return
+        data = _encode_state(self.pump, self._outcomes)
+        if data != self._last_written:
+            self.store.write("state", data)
+            self._last_written = data
+
+    def reboot(self, *, corrupt_bit: int | None = None, save_first: bool = True) -> BootReport:
+        """Reset the processor: boot again from non-volatile memory (the plant carries over).
+        Sessions, the stage slot and half-received frames are lost; queued replies are kept."""
+        if self.store is None:
+            raise ValueError("reboot needs non-volatile memory (Device.boot)")
+        if save_first:
+            self.checkpoint()
+        image = bytearray(self.store.image)
+        if corrupt_bit is not None:
+            corrupt(image, corrupt_bit % (len(image) * 8))
+        queued = self._out
+        fresh, report = Device.boot(
+            self.pump.config,
+            self.keys,
+            config=self.config,
+            image=bytes(image),
+            plant=self.pump.plant(),
+            host_ms=self._host_ms,
+            entropy=self._entropy,
+            on_write=self.store.on_write,
+        )
+        fresh._out = queued
+        fresh.stats = self.stats
+        self.__dict__.update(fresh.__dict__)
+        return report
 
     # ------------------------------------------------------------------ the three calls
 
@@ -175,6 +278,8 @@ class Device:
         for sid in [s for s, x in self._sessions.items() if now_ms - x.last_valid_ms > self.config.session_timeout_ms]:
             self._end_session(sid)
         self._notify_alarms(repeats_since_ms=before)
+        if self.pump.now_ms != before:
+            self.checkpoint()
 
     def data_to_send(self) -> bytes:
         """Everything queued for the link, in order; empties the queue."""
@@ -305,7 +410,10 @@ class Device:
         self._outcomes[h.command_id] = _Outcome(msg_type, digest, reply, self.pump.now_ms)
         while len(self._outcomes) > self.config.outcomes_kept:
             self._outcomes.popitem(last=False)
+        self.checkpoint()  # outcome and accounting together, before the reply and the motor
         self._resend(h, session, reply)
+        if msg_type is MsgType.TEST_INJECT_FAULT and self.store is not None:
+            self._reboot_fault(packet.message)
 
     def _resend(self, h: Header, session: _Session | None, reply: Any) -> None:
         if isinstance(reply, m.ErrorReply):
@@ -558,12 +666,28 @@ class Device:
         return m.ClockReply(self.pump.now_ms, int(self._held_at is not None))
 
     def _inject_fault(self, msg: m.InjectFault, _h: Header, _s: _Session | None) -> m.Ack:
+        """Motor faults act at once. Resets, power cuts and memory corruption reboot the device
+        after the Ack is sent (with non-volatile memory) or reset the pump alone (without)."""
+        resets = (FaultKind.RESET, FaultKind.LOW_BATTERY_RESET, FaultKind.POWER_CUT, FaultKind.MEMORY_CORRUPTION)
+        if msg.fault in resets and self.store is not None:
+            self.pump.log_event(LogEventKind.FAULT_INJECTED, msg.fault, msg.param)
+            return m.Ack()
         if msg.fault is FaultKind.RESET or msg.fault is FaultKind.LOW_BATTERY_RESET:
             self._staged = None
             for sid in list(self._sessions):
                 self._end_session(sid)
         self.pump.inject_fault(msg.fault, msg.param)
         return m.Ack()
+
+    def _reboot_fault(self, msg: m.InjectFault) -> None:
+        if msg.fault is FaultKind.MEMORY_CORRUPTION:
+            self.reboot(corrupt_bit=msg.param)
+        elif msg.fault in (FaultKind.RESET, FaultKind.POWER_CUT):
+            self.reboot()
+        elif msg.fault is FaultKind.LOW_BATTERY_RESET:
+            self.reboot()
+            self.pump.enter_safe_state(AlarmCode.LOW_BATTERY_RESET)
+            self.checkpoint()
 
     def _read_plant(self, _msg: m.ReadPlant, _h: Header, _s: _Session | None) -> m.PlantReply:
         a = self.pump.acc
@@ -609,6 +733,71 @@ class Device:
             for code, event, at_ms in events:
                 note = m.AlarmNotify(code, event, alarm_priority(code), tone_of(code), at_ms, AlarmSet(active))
                 self._queue(session.channel.notify(note).data)
+
+
+def nv_layout(pump_config: PumpConfig, config: DeviceConfig) -> NvLayout:
+    """The non-volatile image: a boot counter, and one state record (firmware state, the
+    exactly-once table and the event log, committed together)."""
+    state_bytes = 16_384 + config.outcomes_kept * 160 + pump_config.event_log_capacity * _LOG_ENTRY_BYTES
+    return NvLayout.of({"boot": 8, "state": state_bytes})
+
+
+def _encode_state(pump: Pump, outcomes: OrderedDict[int, _Outcome]) -> bytes:
+    doc = {
+        "pump": pump.firmware_record(),
+        "outcomes": [
+            [
+                cid,
+                int(o.msg_type),
+                o.digest.hex(),
+                isinstance(o.reply, m.ErrorReply),
+                encode_payload(o.reply).hex(),
+                o.at_ms,
+            ]
+            for cid, o in outcomes.items()
+        ],
+    }
+    head = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    log = b"".join(_encoded_entry(e) for e in pump.log.entries())
+    return len(head).to_bytes(4, "little") + head + log
+
+
+@functools.lru_cache(maxsize=8192)
+def _encoded_entry(entry: m.LogEntry) -> bytes:
+    """Log entries never change once written (a burst's count does, as a new object)."""
+    return encode_payload(entry)
+
+
+def _decode_state(
+    pump_config: PumpConfig, data: bytes, plant: Plant | None
+) -> tuple[Pump, OrderedDict[int, _Outcome], Any]:
+    n = int.from_bytes(data[:4], "little")
+    doc = json.loads(data[4 : 4 + n])
+    log_bytes = data[4 + n :]
+    entries = []
+    for i in range(0, len(log_bytes), _LOG_ENTRY_BYTES):
+        entry = decode_payload(m.LogEntry, log_bytes[i : i + _LOG_ENTRY_BYTES])
+        if isinstance(entry, DecodeError):
+            raise CorruptStateError(f"event log entry {i // _LOG_ENTRY_BYTES}: {entry.detail}")
+        entries.append(entry)
+    record = doc["pump"]
+    if plant is None:  # first boot of an image in a new process: the plant is as the firmware believes
+        estimate = int(record["estimate_nl"])
+        plant = Plant(max(0, estimate), 0, 0, max(0, estimate), Pump(pump_config).acc.charge_pc)
+    pump, interrupted = Pump.restore(pump_config, record, plant, entries)
+    outcomes: OrderedDict[int, _Outcome] = OrderedDict()
+    for cid, msg_type, digest, is_error, payload, at_ms in doc["outcomes"]:
+        t = MsgType(msg_type)
+        reply_cls = m.ErrorReply if is_error else CATALOG[t].reply
+        reply = decode_payload(reply_cls, bytes.fromhex(payload))
+        if isinstance(reply, DecodeError):
+            raise CorruptStateError(f"stored outcome of {t.name}: {reply.detail}")
+        outcomes[int(cid)] = _Outcome(t, bytes.fromhex(digest), reply, int(at_ms))
+    return pump, outcomes, interrupted
+
+
+def _is_error(reply: Any) -> bool:
+    return isinstance(reply, m.ErrorReply)
 
 
 def _result_code(reply: Any) -> ErrorCode:

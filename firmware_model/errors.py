@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from protocol_spec.enums import ErrorCode
 
-__all__ = ["PumpError", "RefusalError"]
+__all__ = ["CorruptStateError", "PumpError", "RefusalError"]
 
 
 class PumpError(Exception):
@@ -25,3 +25,7 @@ class RefusalError(PumpError):
         self.lo = lo
         self.hi = hi
         self.retry_after_ms = retry_after_ms
+
+
+class CorruptStateError(PumpError):
+    """A non-volatile record that passed its CRC but does not make sense: treated as corrupt."""

@@ -24,6 +24,11 @@ class EventLog:
         self.next_seq += 1
         return entry
 
+    def restore(self, entry: LogEntry) -> None:
+        """Put back an entry read from non-volatile memory (in order)."""
+        self._entries.append(entry)
+        self.next_seq = entry.seq + 1
+
     def bump(self, kind: LogEventKind, code: int, at_ms: int, within_ms: int) -> bool:
         """Count one more event into the newest entry if it has this kind and code and is less
         than ``within_ms`` old (an aggregated burst). False if a new entry is needed."""

@@ -242,6 +242,11 @@ class NvStore:
         return bytes(self._image)
 
     @property
+    def on_write(self) -> WriteHook | None:
+        """The mirror hook, for a store booted again from this one's image."""
+        return self._on_write
+
+    @property
     def write_points(self) -> int:
         """Physical copy writes so far (a torn one included); the next one has this number."""
         return self._write_points

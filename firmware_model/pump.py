@@ -14,8 +14,11 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
+from protocol_spec.codec import DecodeError, decode_payload, encode_payload
 from protocol_spec.enums import (
     AlarmCode,
     AlarmPriority,
@@ -29,17 +32,17 @@ from protocol_spec.enums import (
     TherapyMode,
     alarm_priority,
 )
-from protocol_spec.messages import DrugLimits, PatientBolusGrant, PatientBolusSettings, Program
+from protocol_spec.messages import DrugLimits, LogEntry, PatientBolusGrant, PatientBolusSettings, Program
 
 from .alarms import ActiveAlarm, AlarmBoard
 from .config import PumpConfig
 from .delivery import RatePiece, ms_to_reach, step_quantum_nlms
-from .errors import RefusalError
+from .errors import CorruptStateError, RefusalError
 from .eventlog import EventLog
 from .machine import MODE_OF_STATE, RUN_TRIGGER, PumpState, TherapyMachine
 from .units import MS_PER_DAY, dose_ng_for_volume, rate_nl_per_day, volume_nl_for_dose
 
-__all__ = ["Bolus", "Pump", "PumpStatus", "RefillResult", "TherapyCheck"]
+__all__ = ["Bolus", "Plant", "Pump", "PumpStatus", "RefillResult", "TherapyCheck"]
 
 _NEVER = 1 << 62
 _DAY = MS_PER_DAY
@@ -67,6 +70,17 @@ class TherapyCheck:
     max_dose_ng_per_day: int
     max_rate_nl_per_day: int
     soft_limit_overridden: bool
+
+
+@dataclass(frozen=True)
+class Plant:
+    """The physical pump: what the firmware cannot see and a reset does not change."""
+
+    true_reservoir_nl: int
+    delivered_true_nl: int
+    removed_true_nl: int
+    filled_total_nl: int
+    charge_pc: int
 
 
 @dataclass(frozen=True)
@@ -919,6 +933,108 @@ class Pump:
         if not self.log.bump(LogEventKind.SECURITY, code, self.now_ms, burst_ms):
             self._log(LogEventKind.SECURITY, code)
 
+    # ------------------------------------------------------------------ non-volatile state
+
+    def _alarm_items(self) -> list[tuple[AlarmCode, ActiveAlarm]]:
+        return list(self.alarms.active.items())
+
+    def plant(self) -> Plant:
+        """The physical state (drug in the reservoir and through the outlet, battery charge),
+        which a reset of the firmware does not change."""
+        a = self.acc
+        return Plant(a.true_reservoir_nl, a.delivered_true_nl, a.removed_true_nl, a.filled_total_nl, a.charge_pc)
+
+    def firmware_record(self) -> dict[str, Any]:
+        """What the firmware keeps in non-volatile memory, as JSON values.
+
+        The motor's accounting is written ahead by one step while the motor runs: a reset
+        restores at most one step more than was taken, so the reservoir estimate can only be
+        under-counted (by at most one step), never over-counted.
+        """
+        a = self.acc
+        ahead = 1 if self._basal_eff + self._bolus_eff else 0
+        flex = self._flex
+        return {
+            "now_ms": self.now_ms,
+            "wall_offset_ms": self._wall_offset_ms,
+            "state": self._fsm.state.name,
+            "program": encode_payload(self.program).hex(),
+            "drug": int(self.drug),
+            "concentration_ug_per_ml": self.concentration_ug_per_ml,
+            "limits": encode_payload(self.limits).hex(),
+            "catheter_volume_nl": self.catheter_volume_nl,
+            "last_refill_ms": self.last_refill_ms,
+            "low_reservoir_threshold_nl": self.low_reservoir_threshold_nl,
+            "repeat_ms": [self.alarms.critical_repeat_ms, self.alarms.non_critical_repeat_ms],
+            "patient_bolus": encode_payload(self.patient_bolus).hex(),
+            "patient_starts": list(self._patient_starts),
+            "dosing": [list(x) for x in self._dosing.history],
+            "alarms": [
+                [int(c), x.raised_ms, x.acknowledged, x.silenced_until_ms] for c, x in self.alarms.active.items()
+            ],
+            "eri_at_ms": self.eri_at_ms,
+            "eos_at_ms": self.eos_at_ms,
+            "loaded": self._loaded,
+            "flex_anchor_wall_ms": None if flex is None else flex.anchor_wall_ms,
+            "steps_total": a.steps_total + ahead,
+            "estimate_nl": a.estimate_nl - ahead * self.config.step_volume_nl,
+            "bolus": None if self.bolus is None else int(self.bolus.kind),
+        }
+
+    @classmethod
+    def restore(
+        cls, config: PumpConfig, record: Mapping[str, Any], plant: Plant, log: Iterable[LogEntry] = ()
+    ) -> tuple[Pump, BolusKind | None]:
+        """A pump rebooted from its non-volatile record, with the plant as it physically is.
+        Returns the pump and the kind of a bolus the reset interrupted (to be logged)."""
+        p = cls(config)
+        p.now_ms = int(record["now_ms"])
+        p._wall_offset_ms = int(record["wall_offset_ms"])
+        p._fsm.state = PumpState[record["state"]]
+        p.program = _decoded(Program, record["program"])
+        p.drug = DrugId(record["drug"])
+        p.concentration_ug_per_ml = int(record["concentration_ug_per_ml"])
+        p.limits = _decoded(DrugLimits, record["limits"])
+        p.catheter_volume_nl = int(record["catheter_volume_nl"])
+        p.last_refill_ms = int(record["last_refill_ms"])
+        p.low_reservoir_threshold_nl = int(record["low_reservoir_threshold_nl"])
+        p.alarms.critical_repeat_ms, p.alarms.non_critical_repeat_ms = record["repeat_ms"]
+        p.patient_bolus = _decoded(PatientBolusSettings, record["patient_bolus"])
+        p._patient_starts = deque(int(t) for t in record["patient_starts"])
+        p._dosing.history = [(int(t), None if d is None else int(d)) for t, d in record["dosing"]]
+        for code, raised, acked, silenced in record["alarms"]:
+            p.alarms.active[AlarmCode(code)] = ActiveAlarm(AlarmCode(code), raised, bool(acked), silenced)
+        p.eri_at_ms, p.eos_at_ms = record["eri_at_ms"], record["eos_at_ms"]
+        p._loaded = bool(record["loaded"])
+        a = p.acc
+        a.steps_total = int(record["steps_total"])
+        a.integral_nlms = a.steps_total * p._q
+        a.estimate_nl = int(record["estimate_nl"])
+        a.true_reservoir_nl, a.delivered_true_nl, a.removed_true_nl, a.filled_total_nl, a.charge_pc = (
+            plant.true_reservoir_nl,
+            plant.delivered_true_nl,
+            plant.removed_true_nl,
+            plant.filled_total_nl,
+            plant.charge_pc,
+        )
+        p._segments = deque([_Segment(p.now_ms, a.integral_nlms, 0)])
+        for entry in log:
+            p.log.restore(entry)
+        if (
+            p.program.mode in (TherapyMode.CONTINUOUS, TherapyMode.FLEX)
+            and p._fsm.state is not PumpState.END_OF_SERVICE
+        ):
+            _, p._flex, rate = p._check(p.program, override=True)
+            p._continuous_rate = rate if p.program.mode is TherapyMode.CONTINUOUS else 0
+            if p._flex is not None and record["flex_anchor_wall_ms"] is not None:
+                p._flex.anchor_wall_ms = int(record["flex_anchor_wall_ms"])
+        interrupted = None if record["bolus"] is None else BolusKind(record["bolus"])
+        if interrupted is BolusKind.SINGLE and p._fsm.state is PumpState.SINGLE_BOLUS:
+            p._fsm.fire("single_bolus_done")  # the single bolus mode's bolus is lost: the pump stops
+            p.program = Program(TherapyMode.STOPPED, 0, 0, 0, 0, 0, ())
+        p._replan()
+        return p, interrupted
+
     # ------------------------------------------------------------------ faults
 
     def inject_fault(self, fault: FaultKind, param: int = 0) -> None:
@@ -956,6 +1072,18 @@ class Pump:
         self._note_dose(None)
         self._raise(alarm)
         self._replan()
+
+
+T = TypeVar("T")
+
+
+def _decoded(cls: type[T], hex_payload: str) -> T:
+    """A message kept in non-volatile memory; a record that does not decode is corrupt."""
+    value = decode_payload(cls, bytes.fromhex(hex_payload))
+    if isinstance(value, DecodeError):
+        raise CorruptStateError(f"non-volatile record holds a bad {cls.__name__}: {value.detail}")
+    result: T = value
+    return result
 
 
 _REPLACES_BASAL = frozenset({BolusKind.PRIMING, BolusKind.BRIDGE})
