@@ -66,6 +66,10 @@ _ALARM_EVENTS = {
     LogEventKind.ALARM_CLEARED: AlarmEvent.CLEARED,
 }
 _LOG_ENTRY_BYTES = len(encode_payload(m.LogEntry(0, 0, 0, LogEventKind.RESET, 0, 1, 0, 0)))
+_SET_EVENTS = frozenset({LogEventKind.ALARM_RAISED, LogEventKind.ALARM_CLEARED})
+_NOT_RECORDED = frozenset({ErrorCode.BUSY, ErrorCode.STORAGE_FAULT})
+_MAX_REPEATS_NOTIFIED = 64
+"""After a long time jump, at most this many REPEATED notifications per alarm (the newest)."""
 _SECURITY_BURST_MS = 60_000
 """Security refusals of one code less than this apart share one log entry (its count grows)."""
 
@@ -120,6 +124,7 @@ class _Outcome:
 class _Staged:
     session_id: int
     token: int
+    kind: StageKind
     request: Any
     check: TherapyCheck
 
@@ -210,23 +215,24 @@ class Device:
             pump.log_event(LogEventKind.BOLUS_INTERRUPTED, interrupted)
         pump.log_event(LogEventKind.RESET, 0, boot_counter)
         for name in report.repaired:
-            pump.log_event(LogEventKind.MEMORY_REPAIRED, 0, store.layout.record(name).record_id)
+            del name
+            pump.log_event(LogEventKind.MEMORY_REPAIRED)
         if memory_error:
             pump.enter_safe_state(AlarmCode.MEMORY_ERROR)
         device._log_seen = pump.log.next_seq
         device.checkpoint()
         return device, report
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, until_ms: int | None = None) -> None:
         """Commit the state record if it changed (one write point). Every effectful command
-        is committed here, with its outcome, before its reply is sent and before the motor
-        runs again."""
+        is committed here, with its outcome, before its reply is sent; before the pump runs
+        to ``until_ms`` its accounting at that time is committed first (write-ahead)."""
         if self.store is None:
             return
-        data = _encode_state(self.pump, self._outcomes)
-        if data != self._last_written:
+        data, key = _encode_state(self.pump, self._outcomes, until_ms)
+        if key != self._last_written:  # the clock alone moving is not worth a write
             self.store.write("state", data)
-            self._last_written = data
+            self._last_written = key
 
     def reboot(self, *, corrupt_bit: int | None = None, save_first: bool = True) -> BootReport:
         """Reset the processor: boot again from non-volatile memory (the plant carries over).
@@ -274,12 +280,16 @@ class Device:
             raise ValueError(f"host time runs forward only: {now_ms} < {self._host_ms}")
         self._host_ms = now_ms
         before = self.pump.now_ms
-        self.pump.advance(self.pump_time_ms)
+        target = self.pump_time_ms
+        while self.pump.now_ms < target:
+            # commit the accounting of each step before the motor takes it
+            end = self.pump.next_motion_ms(target) if self.store is not None else target
+            self.checkpoint(until_ms=end)
+            self.pump.advance(end)
         for sid in [s for s, x in self._sessions.items() if now_ms - x.last_valid_ms > self.config.session_timeout_ms]:
             self._end_session(sid)
         self._notify_alarms(repeats_since_ms=before)
-        if self.pump.now_ms != before:
-            self.checkpoint()
+        self.checkpoint()
 
     def data_to_send(self) -> bytes:
         """Everything queued for the link, in order; empties the queue."""
@@ -291,6 +301,11 @@ class Device:
     def pump_time_ms(self) -> int:
         """The pump's uptime now: host time, plus test-role advances, frozen while held."""
         return self._held_at if self._held_at is not None else self._host_ms + self._offset_ms
+
+    @property
+    def clock_held(self) -> bool:
+        """True while the test role holds the pump's clock (TEST_HOLD_CLOCK)."""
+        return self._held_at is not None
 
     @property
     def open_sessions(self) -> int:
@@ -305,9 +320,7 @@ class Device:
             return
         session = self._sessions.get(header.session_id) if header.secured else None
         result = decode_body(body, session.keys if session is not None else None)
-        if isinstance(result, DecodeError):
-            if result.authentic and session is not None and result.header is not None:
-                result = session.channel.check_fresh(result.header) or result
+        if isinstance(result, DecodeError):  # refused before step 14: the counter mark stays
             self._refuse_decode(result, header, session)
             return
         h = result.header
@@ -348,7 +361,7 @@ class Device:
         if err.code is ErrorCode.BAD_TAG:
             if self._host_ms < self._backoff_until_ms:
                 self.stats.dropped += 1
-                self._security_event(ErrorCode.BAD_TAG)
+                self._security_event(ErrorCode.BAD_TAG, h)
                 return
             backoff = min(BAD_TAG_MAX_MS, BAD_TAG_FIRST_MS << min(self._bad_tags_in_row, 16))
             self._bad_tags_in_row += 1
@@ -373,7 +386,7 @@ class Device:
         del detail  # the reason is in the code; details stay on the pump
         self.stats.refused[code.name] = self.stats.refused.get(code.name, 0) + 1
         if code in _SECURITY_CODES:
-            self._security_event(code)
+            self._security_event(code, request)
         reply = m.ErrorReply(code, field, lo, hi, retry_after_ms)
         self._send_error(request, session, reply)
         return reply
@@ -382,8 +395,9 @@ class Device:
         channel = session.channel if session is not None else self._plain
         self._queue(channel.error(request, reply).data)
 
-    def _security_event(self, code: ErrorCode) -> None:
-        self.pump.note_security_event(int(code), _SECURITY_BURST_MS)
+    def _security_event(self, code: ErrorCode, request: Header) -> None:
+        session_id = request.session_id if request.session_id in self._sessions else 0
+        self.pump.note_security_event(int(code), session_id, request.msg_type, _SECURITY_BURST_MS)
 
     def _queue(self, frame: bytes) -> None:
         self.pump.count_frames(1)
@@ -405,6 +419,9 @@ class Device:
         try:
             reply = self._handle(packet, session)
         except RefusalError as exc:
+            if exc.code in _NOT_RECORDED:  # nothing was recorded or done: a retry is evaluated afresh
+                self._refuse(h, session, exc.code, exc.detail, retry_after_ms=exc.retry_after_ms)
+                return
             reply = m.ErrorReply(exc.code, exc.field, exc.lo, exc.hi, exc.retry_after_ms)
             self.stats.refused[exc.code.name] = self.stats.refused.get(exc.code.name, 0) + 1
         self._outcomes[h.command_id] = _Outcome(msg_type, digest, reply, self.pump.now_ms)
@@ -456,7 +473,6 @@ class Device:
     def _session_open(self, msg: m.SessionOpen, _h: Header, _s: _Session | None) -> _OpenedSession:
         role_key = self.keys.by_id(msg.role, msg.key_id)
         if role_key is None or (msg.role is Role.TEST and not self.config.test_role):
-            self._security_event(ErrorCode.UNKNOWN_KEY)
             raise RefusalError(ErrorCode.UNKNOWN_KEY, "no such key on this device", field=1)
         if len(self._sessions) >= self.config.max_sessions:
             oldest = min(self._sessions, key=lambda sid: self._sessions[sid].last_valid_ms)
@@ -468,7 +484,7 @@ class Device:
         nonce = pump_nonce(self._entropy(16), self.boot_counter, self._session_serial)
         keys = derive_session_keys(role_key, session_id, msg.client_nonce, nonce)
         self._sessions[session_id] = _Session(msg.role, keys, Channel(from_pump=True, keys=keys), self._host_ms)
-        self.pump.log_event(LogEventKind.SESSION_OPENED, msg.role, session_id)
+        self.pump.log_event(LogEventKind.SESSION_OPENED, msg.role, session_id, msg.key_id)
         reply = m.SessionOpenReply(nonce, self.boot_counter, self.config.session_timeout_ms, keys.confirm)
         return _OpenedSession(session_id, reply)
 
@@ -477,7 +493,7 @@ class Device:
         if session is None:
             return
         if self._staged is not None and self._staged.session_id == session_id:
-            self._staged = None  # a lost or closed session never leaves a change half-applied
+            self._drop_stage()  # a lost or closed session never leaves a change half-applied
         self.pump.log_event(LogEventKind.SESSION_CLOSED, session.role, session_id)
 
     def _session_close(self, _msg: m.SessionClose, _h: Header, _s: _Session | None) -> m.Ack:
@@ -553,7 +569,8 @@ class Device:
     def _stage(self, request: Any, session: _Session | None, kind: StageKind, check: TherapyCheck) -> m.StageReply:
         assert session is not None
         token = crc32(encode_payload(request))
-        self._staged = _Staged(next(sid for sid, s in self._sessions.items() if s is session), token, request, check)
+        session_id = next(sid for sid, s in self._sessions.items() if s is session)
+        self._staged = _Staged(session_id, token, kind, request, check)
         return m.StageReply(
             token, kind, check.max_dose_ng_per_day, check.max_rate_nl_per_day, int(check.soft_limit_overridden)
         )
@@ -578,19 +595,23 @@ class Device:
             raise RefusalError(ErrorCode.STAGE_MISMATCH, "the token is not the staged change's", field=0)
         request = staged.request
         if isinstance(request, m.StageProgram):
-            self.pump.commit_program(request.program, bool(request.override_soft_limits))
+            self.pump.commit_program(request.program, bool(request.override_soft_limits), token=staged.token)
         elif isinstance(request, m.StageBolus):
-            self.pump.start_bolus(request.kind, request.volume_nl, request.duration_ms)
+            self.pump.start_bolus(request.kind, request.volume_nl, request.duration_ms, token=staged.token)
         else:
-            self.pump.set_patient_bolus(request.settings)
+            self.pump.set_patient_bolus(request.settings, token=staged.token)
         self._staged = None
         return m.CommitReply(staged.token, self.pump.now_ms)
 
     def _abort(self, _msg: m.Abort, _h: Header, _s: _Session | None) -> m.Ack:
-        if self._staged is not None:
-            self._staged = None
-            self.pump.log_event(LogEventKind.PROGRAM_ABORTED)
+        self._drop_stage()
         return m.Ack()
+
+    def _drop_stage(self) -> None:
+        staged = self._staged
+        if staged is not None:
+            self._staged = None
+            self.pump.log_event(LogEventKind.PROGRAM_ABORTED, staged.kind, staged.token)
 
     def _patient_bolus_request(
         self, _msg: m.PatientBolusRequest, _h: Header, _s: _Session | None
@@ -623,12 +644,12 @@ class Device:
         self.pump.configure_alarms(msg.low_reservoir_threshold_nl, msg.critical_repeat_ms, msg.non_critical_repeat_ms)
         return m.AlarmConfig(msg.low_reservoir_threshold_nl, msg.critical_repeat_ms, msg.non_critical_repeat_ms)
 
-    def _silence_alarm(self, msg: m.SilenceAlarm, _h: Header, _s: _Session | None) -> m.Ack:
-        self.pump.silence_alarm(msg.alarm, msg.duration_ms)
+    def _silence_alarm(self, msg: m.SilenceAlarm, _h: Header, s: _Session | None) -> m.Ack:
+        self.pump.silence_alarm(msg.alarm, msg.duration_ms, s.role if s is not None else 0)
         return m.Ack()
 
-    def _acknowledge_alarm(self, msg: m.AcknowledgeAlarm, _h: Header, _s: _Session | None) -> m.Ack:
-        self.pump.acknowledge_alarm(msg.alarm)
+    def _acknowledge_alarm(self, msg: m.AcknowledgeAlarm, _h: Header, s: _Session | None) -> m.Ack:
+        self.pump.acknowledge_alarm(msg.alarm, s.role if s is not None else 0)
         return m.Ack()
 
     def _read_log(self, msg: m.ReadLog, _h: Header, _s: _Session | None) -> m.LogPage:
@@ -653,6 +674,7 @@ class Device:
             self._held_at += msg.delta_ms
         else:
             self._offset_ms += msg.delta_ms
+        self.checkpoint(until_ms=self.pump_time_ms)
         self.pump.advance(self.pump_time_ms)
         self._notify_alarms(repeats_since_ms=before)
         return m.ClockReply(self.pump.now_ms, int(self._held_at is not None))
@@ -673,9 +695,15 @@ class Device:
             self.pump.log_event(LogEventKind.FAULT_INJECTED, msg.fault, msg.param)
             return m.Ack()
         if msg.fault is FaultKind.RESET or msg.fault is FaultKind.LOW_BATTERY_RESET:
-            self._staged = None
+            self._drop_stage()
             for sid in list(self._sessions):
                 self._end_session(sid)
+            self.boot_counter += 1
+            self.pump.log_event(LogEventKind.FAULT_INJECTED, msg.fault, msg.param)
+            self.pump.reset(self.boot_counter)
+            if msg.fault is FaultKind.LOW_BATTERY_RESET:
+                self.pump.enter_safe_state(AlarmCode.LOW_BATTERY_RESET)
+            return m.Ack()
         self.pump.inject_fault(msg.fault, msg.param)
         return m.Ack()
 
@@ -711,27 +739,33 @@ class Device:
     def _notify_alarms(self, repeats_since_ms: int | None = None) -> None:
         """ALARM_NOTIFY into every open session allowed to receive it, one per alarm event."""
         log = self.pump.log
-        events: list[tuple[AlarmCode, AlarmEvent, int]] = [
-            (AlarmCode(e.code), _ALARM_EVENTS[e.kind], e.at_ms)
-            for e in log.page(self._log_seen, log.next_seq - self._log_seen)
-            if e.kind in _ALARM_EVENTS
-        ]
+        active = self.pump.alarms.as_set()
+        entries = [e for e in log.page(self._log_seen, log.next_seq - self._log_seen) if e.kind in _ALARM_EVENTS]
         self._log_seen = log.next_seq
+        # the set after each event: RAISED and CLEARED entries carry it; the others keep the last
+        sets: list[int] = []
+        after = int(active)
+        for e in reversed(entries):
+            sets.append(after)
+            if e.kind in (LogEventKind.ALARM_RAISED, LogEventKind.ALARM_CLEARED):
+                after = e.value_a ^ (1 << (e.code - 1))  # the set before this event
+        events = [
+            (AlarmCode(e.code), _ALARM_EVENTS[e.kind], e.at_ms, e.value_a if e.kind in _SET_EVENTS else s)
+            for e, s in zip(entries, reversed(sets), strict=True)
+        ]
         if repeats_since_ms is not None:
             now = self.pump.now_ms
-            for code in list(self.pump.alarms.active):
-                tones = self.pump.alarms.tones(code, repeats_since_ms + 1, now + 1)
-                if tones and tones[-1] != self.pump.alarms.active[code].raised_ms:
-                    events.append((code, AlarmEvent.REPEATED, tones[-1]))  # the latest repeat only
+            for code, alarm in self.pump.alarms.active.items():
+                tones = [t for t in self.pump.alarms.tones(code, repeats_since_ms + 1, now + 1) if t != alarm.raised_ms]
+                events.extend((code, AlarmEvent.REPEATED, t, int(active)) for t in tones[-_MAX_REPEATS_NOTIFIED:])
         if not events:
             return
         roles = CATALOG[MsgType.ALARM_NOTIFY].roles
-        active = self.pump.alarms.as_set()
         for session in self._sessions.values():
             if session.role not in roles:
                 continue
-            for code, event, at_ms in events:
-                note = m.AlarmNotify(code, event, alarm_priority(code), tone_of(code), at_ms, AlarmSet(active))
+            for code, event, at_ms, alarm_set in events:
+                note = m.AlarmNotify(code, event, alarm_priority(code), tone_of(code), at_ms, AlarmSet(alarm_set))
                 self._queue(session.channel.notify(note).data)
 
 
@@ -742,9 +776,10 @@ def nv_layout(pump_config: PumpConfig, config: DeviceConfig) -> NvLayout:
     return NvLayout.of({"boot": 8, "state": state_bytes})
 
 
-def _encode_state(pump: Pump, outcomes: OrderedDict[int, _Outcome]) -> bytes:
-    doc = {
-        "pump": pump.firmware_record(),
+def _encode_state(pump: Pump, outcomes: OrderedDict[int, _Outcome], until_ms: int | None = None) -> tuple[bytes, bytes]:
+    """The state record, and the same without the clock (to tell whether anything changed)."""
+    doc: dict[str, Any] = {
+        "pump": pump.firmware_record(until_ms=until_ms),
         "outcomes": [
             [
                 cid,
@@ -759,7 +794,9 @@ def _encode_state(pump: Pump, outcomes: OrderedDict[int, _Outcome]) -> bytes:
     }
     head = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
     log = b"".join(_encoded_entry(e) for e in pump.log.entries())
-    return len(head).to_bytes(4, "little") + head + log
+    doc["pump"] = {**doc["pump"], "now_ms": None}
+    key = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode() + log
+    return len(head).to_bytes(4, "little") + head + log, key
 
 
 @functools.lru_cache(maxsize=8192)

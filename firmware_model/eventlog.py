@@ -10,6 +10,9 @@ from protocol_spec.messages import LogEntry
 
 __all__ = ["EventLog"]
 
+_BURST_LOOKBACK = 32
+"""How many recent entries a burst looks back through for its own entry."""
+
 
 class EventLog:
     """Keeps the newest ``capacity`` entries; ``seq`` counts every entry ever written."""
@@ -29,16 +32,18 @@ class EventLog:
         self._entries.append(entry)
         self.next_seq = entry.seq + 1
 
-    def bump(self, kind: LogEventKind, code: int, at_ms: int, within_ms: int) -> bool:
-        """Count one more event into the newest entry if it has this kind and code and is less
-        than ``within_ms`` old (an aggregated burst). False if a new entry is needed."""
-        if not self._entries:
-            return False
-        last = self._entries[-1]
-        if last.kind is not kind or last.code != code or at_ms - last.at_ms >= within_ms or last.count >= 0xFFFF:
-            return False
-        self._entries[-1] = replace(last, count=last.count + 1, value_b=at_ms - last.at_ms)
-        return True
+    def bump(self, kind: LogEventKind, code: int, at_ms: int, within_ms: int, a: int, b: int) -> bool:
+        """Count one more event into a recent entry of this kind and code less than
+        ``within_ms`` old (an aggregated burst; interleaved codes each keep their entry),
+        with its values updated. False if a new entry is needed."""
+        for i in range(len(self._entries) - 1, max(-1, len(self._entries) - 1 - _BURST_LOOKBACK), -1):
+            e = self._entries[i]
+            if at_ms - e.at_ms >= within_ms:
+                return False
+            if e.kind is kind and e.code == code and e.count < 0xFFFF:
+                self._entries[i] = replace(e, count=e.count + 1, value_a=a, value_b=b)
+                return True
+        return False
 
     @property
     def oldest_seq(self) -> int:

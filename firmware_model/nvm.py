@@ -14,9 +14,12 @@ magic, the record id, the length (at most the capacity), the zero padding and th
 check; *blank* when every byte is 0xFF (erased flash, as a factory-new image is); *bad*
 otherwise. A blank copy is not bad: it was never written.
 
-A write goes to the copy that is not the newest valid one (the older copy, or an invalid
-one) with the newest valid sequence number plus one, so the newest valid copy is never
-touched and a torn write can only leave the old payload or the new one.
+A write lands in both copies with the newest valid sequence number plus one: first in the
+copy that is not the newest valid one (the older copy, or an invalid one), then in the
+other. A torn first write leaves the old payload in the second copy; a torn second write
+the new payload in the first. After a completed write both copies hold the newest value,
+so a bit flip in either loses nothing. (After a torn write, until the record is written
+again, its value lives in one copy only.)
 
 Power-loss testing (littlefs "linear" style): every physical write of a copy is one
 numbered *write point* (``NvStore.write_points`` counts them from 0 since construction).
@@ -205,8 +208,8 @@ def _decode_copy(record: NvRecord, data: bytes | bytearray) -> _Copy:
 
 
 def _newest(a: _Copy, b: _Copy) -> int | None:
-    """Index of the copy to load: the valid one, or the higher seq (A on a tie: a tie only
-    follows a repair, which makes the copies identical)."""
+    """Index of the copy to load: the valid one, or the higher seq (A on a tie: after a
+    completed write or a repair the copies are identical)."""
     if a.valid and b.valid:
         return 1 if b.seq > a.seq else 0
     if a.valid:
@@ -280,9 +283,12 @@ class NvStore:
         return None if index is None else copies[index].seq
 
     def write(self, name: str, payload: bytes) -> None:
-        """Commit ``payload`` as the new value of ``name``: overwrite the copy that is not the
-        newest valid one, with the next sequence number. When this returns, the record is
-        committed; if it raises ``PowerCutError``, the image holds the old or the new value."""
+        """Commit ``payload`` as the new value of ``name``, with the next sequence number, into
+        both copies: first the one that is not the newest valid one, then the other (two write
+        points). A power cut during the first leaves the old value in the second; during the
+        second, the new value in the first. Afterwards both copies hold the newest value, so
+        a bit flip in either loses nothing. If it raises ``PowerCutError``, the image holds
+        the old or the new value."""
         record = self.layout.record(name)
         if len(payload) > record.capacity:
             raise ValueError(f"record {name!r}: {len(payload)} bytes exceed the capacity of {record.capacity}")
@@ -294,7 +300,10 @@ class NvStore:
             target, seq = 1 - newest, (a, b)[newest].seq + 1
         if seq > _U32_MAX:
             raise PumpError(f"record {name!r}: sequence number exhausted")
-        self._physical_write(self.layout.copy_offsets(name)[target], encode_copy(record, seq, payload))
+        offsets = self.layout.copy_offsets(name)
+        data = encode_copy(record, seq, payload)
+        self._physical_write(offsets[target], data)
+        self._physical_write(offsets[1 - target], data)
 
     def recover(self) -> BootReport:
         """Check both copies of every record and rewrite a bad copy from a valid one (what

@@ -29,6 +29,7 @@ from protocol_spec.enums import (
     ErrorCode,
     FaultKind,
     LogEventKind,
+    StageKind,
     TherapyMode,
     alarm_priority,
 )
@@ -199,6 +200,7 @@ class Pump:
         self.rate_pieces: list[RatePiece] | None = [] if record_rates else None
         self._open_basal: RatePiece | None = None
         self.events_processed = 0
+        self._stall_since_ms = 0
         self._replan()
 
     # ------------------------------------------------------------------ reading
@@ -463,13 +465,15 @@ class Pump:
         if self.alarms.is_active(code):
             return
         self.alarms.active[code] = ActiveAlarm(code, self.now_ms)
-        self._log(LogEventKind.ALARM_RAISED, code)
+        self._log(LogEventKind.ALARM_RAISED, code, int(self.alarms.as_set()))
         if alarm_priority(code) is AlarmPriority.CRITICAL and self.bolus is not None:
             self._end_bolus(LogEventKind.BOLUS_INTERRUPTED)
 
     def _clear(self, code: AlarmCode) -> None:
         if self.alarms.active.pop(code, None) is not None:
-            self._log(LogEventKind.ALARM_CLEARED, code)
+            self._log(LogEventKind.ALARM_CLEARED, code, int(self.alarms.as_set()))
+            if code is AlarmCode.MOTOR_STALL:
+                self._log(LogEventKind.STALL_RECOVERED, code, self.now_ms - self._stall_since_ms)
 
     def _check_reservoir_alarms(self) -> None:
         if not self._loaded:
@@ -508,7 +512,10 @@ class Pump:
         assert bolus is not None
         delivered_nl = (bolus.volume_nl * MS_PER_DAY - bolus.remaining_nlms) // MS_PER_DAY
         self.bolus = None
-        self._log(how, bolus.kind, delivered_nl)
+        if how is LogEventKind.BOLUS_INTERRUPTED:
+            self._log(how, bolus.kind, delivered_nl, bolus.volume_nl - delivered_nl)
+        else:
+            self._log(how, bolus.kind, delivered_nl)
         if self.rate_pieces is not None:
             pieces = self.rate_pieces
             for i in range(len(pieces) - 1, -1, -1):
@@ -558,9 +565,10 @@ class Pump:
             raise RefusalError(ErrorCode.HARD_LIMIT, f"bolus of {dose} ng exceeds {top} ng", field=2, hi=top)
         return TherapyCheck(rate * self.concentration_ug_per_ml // 1000, rate, soft_limit_overridden=False)
 
-    def start_bolus(self, kind: BolusKind, volume_nl: int, duration_ms: int) -> TherapyCheck:
+    def start_bolus(self, kind: BolusKind, volume_nl: int, duration_ms: int, *, token: int = 0) -> TherapyCheck:
         """Start a PRIMING or BRIDGE bolus; the basal program is not changed."""
         check = self.check_bolus(kind, volume_nl, duration_ms)
+        self._log(LogEventKind.PROGRAM_COMMITTED, StageKind.BOLUS, token, check.max_dose_ng_per_day)
         self._start_bolus(kind, volume_nl, check.max_rate_nl_per_day)
         self._replan()
         return check
@@ -573,9 +581,10 @@ class Pump:
         self._replan()
         return True
 
-    def set_patient_bolus(self, settings: PatientBolusSettings) -> TherapyCheck:
+    def set_patient_bolus(self, settings: PatientBolusSettings, *, token: int = 0) -> TherapyCheck:
         """Configure the patient-activated bolus (the clinician's limits for the patient)."""
         check = self.check_patient_bolus(settings)
+        self._log(LogEventKind.PROGRAM_COMMITTED, StageKind.PATIENT_BOLUS_SETTINGS, token, check.max_dose_ng_per_day)
         self.patient_bolus = settings
         self._replan()
         return check
@@ -733,7 +742,7 @@ class Pump:
         wall = self.wall_clock_ms
         return _FlexPlan(offsets, [], cycle * _DAY, wall - wall % _DAY)
 
-    def commit_program(self, program: Program, override_soft_limits: bool = False) -> TherapyCheck:
+    def commit_program(self, program: Program, override_soft_limits: bool = False, *, token: int = 0) -> TherapyCheck:
         """Check and apply a basal program at once (after STAGE, at COMMIT)."""
         check, plan, rate = self._check(program, override_soft_limits)
         if self.bolus is not None and self.bolus.kind is BolusKind.SINGLE:
@@ -744,9 +753,14 @@ class Pump:
             self._clear(code)  # the safe state ends when a clinician reprograms
         self._flex = plan
         self._continuous_rate = rate if program.mode is TherapyMode.CONTINUOUS else 0
-        self._log(LogEventKind.PROGRAM_COMMITTED, program.mode, check.max_dose_ng_per_day, check.max_rate_nl_per_day)
+        self._log(LogEventKind.PROGRAM_COMMITTED, StageKind.PROGRAM, token, check.max_dose_ng_per_day)
         if check.soft_limit_overridden:
-            self._log(LogEventKind.SOFT_LIMIT_OVERRIDE, program.mode, check.max_dose_ng_per_day)
+            self._log(
+                LogEventKind.SOFT_LIMIT_OVERRIDE,
+                StageKind.PROGRAM,
+                check.max_dose_ng_per_day,
+                self.limits.soft_limit_ng_per_day,
+            )
         if program.mode is TherapyMode.SINGLE_BOLUS:
             self._start_bolus(
                 BolusKind.SINGLE, volume_nl_for_dose(program.bolus_dose_ng, self.concentration_ug_per_ml), rate
@@ -830,7 +844,7 @@ class Pump:
         self.last_refill_ms = self.now_ms
         if catheter_volume_nl is not None:
             self.catheter_volume_nl = catheter_volume_nl
-        self._log(LogEventKind.REFILL, drug, added_volume_nl, aspirated_volume_nl)
+        self._log(LogEventKind.REFILL, drug, added_volume_nl, aspirated_volume_nl - expected)
         self._check_reservoir_alarms()
         self._replan()
         return RefillResult(
@@ -854,21 +868,21 @@ class Pump:
         self._check_reservoir_alarms()
         self._replan()
 
-    def silence_alarm(self, code: AlarmCode, duration_ms: int) -> None:
+    def silence_alarm(self, code: AlarmCode, duration_ms: int, role: int = 0) -> None:
         alarm = self.alarms.active.get(code)
         if alarm is None:
             raise RefusalError(ErrorCode.OUT_OF_RANGE, f"{code.name} is not active", field=0)
         alarm.silenced_until_ms = self.now_ms + duration_ms
-        self._log(LogEventKind.ALARM_SILENCED, code, duration_ms)
+        self._log(LogEventKind.ALARM_SILENCED, code, duration_ms, role)
 
-    def acknowledge_alarm(self, code: AlarmCode) -> None:
+    def acknowledge_alarm(self, code: AlarmCode, role: int = 0) -> None:
         """Record that a clinician has seen an alarm; its tones stop. An alarm clears only when its
         cause is gone (LOW_BATTERY_RESET and MEMORY_ERROR: when a clinician reprograms)."""
         alarm = self.alarms.active.get(code)
         if alarm is None:
             raise RefusalError(ErrorCode.OUT_OF_RANGE, f"{code.name} is not active", field=0)
         alarm.acknowledged = True
-        self._log(LogEventKind.ALARM_ACKNOWLEDGED, code)
+        self._log(LogEventKind.ALARM_ACKNOWLEDGED, code, role)
 
     def set_clock(self, wall_clock_ms: int) -> None:
         """Set the wall clock. Delivery runs on monotonic time, so nothing is skipped or repeated."""
@@ -907,7 +921,7 @@ class Pump:
         except RefusalError:
             self.limits = old
             raise
-        self._log(LogEventKind.LIMITS_SET, limits.drug, limits.hard_limit_ng_per_day, limits.max_rate_nl_per_day)
+        self._log(LogEventKind.LIMITS_SET, limits.drug, limits.hard_limit_ng_per_day, limits.soft_limit_ng_per_day)
         self._replan()
 
     def program_rate_nl_per_day(self) -> int:
@@ -928,10 +942,11 @@ class Pump:
         """Write an entry for the device layer (sessions, aborts)."""
         self._log(kind, code, a, b)
 
-    def note_security_event(self, code: int, burst_ms: int) -> None:
-        """Log a security refusal; one entry per burst (its count grows), so a flood cannot evict the log."""
-        if not self.log.bump(LogEventKind.SECURITY, code, self.now_ms, burst_ms):
-            self._log(LogEventKind.SECURITY, code)
+    def note_security_event(self, code: int, session_id: int, msg_type: int, burst_ms: int) -> None:
+        """Log a security refusal; one entry per burst of each code (its count grows), so a
+        flood cannot evict the log."""
+        if not self.log.bump(LogEventKind.SECURITY, code, self.now_ms, burst_ms, session_id, msg_type):
+            self._log(LogEventKind.SECURITY, code, session_id, msg_type)
 
     # ------------------------------------------------------------------ non-volatile state
 
@@ -944,15 +959,53 @@ class Pump:
         a = self.acc
         return Plant(a.true_reservoir_nl, a.delivered_true_nl, a.removed_true_nl, a.filled_total_nl, a.charge_pc)
 
-    def firmware_record(self) -> dict[str, Any]:
+    def firmware_record(self, *, until_ms: int | None = None) -> dict[str, Any]:
         """What the firmware keeps in non-volatile memory, as JSON values.
 
-        The motor's accounting is written ahead by one step while the motor runs: a reset
-        restores at most one step more than was taken, so the reservoir estimate can only be
-        under-counted (by at most one step), never over-counted.
+        The motor's accounting is committed before the motor acts: with ``until_ms`` the
+        record holds the accounting the pump will have reached then, so a reset at any time
+        up to ``until_ms`` restores at least the steps taken: the reservoir estimate can only
+        be under-counted, by at most the steps of that window (the device commits before
+        every step, so by at most one).
         """
+        record = self._exact_record()
+        if until_ms is None or until_ms <= self.now_ms:
+            return record
+        if until_ms <= self._next_event_ms:  # constant rates until then: closed form
+            dt = until_ms - self.now_ms
+            a = self.acc
+            bolus = self.bolus
+            integral = a.integral_nlms + self._basal_eff * dt
+            if self._bolus_eff and bolus is not None:
+                integral += min(bolus.remaining_nlms, self._bolus_eff * dt)
+            steps = integral // self._q
+            estimate = a.estimate_nl - (steps - a.steps_total) * self.config.step_volume_nl
+        else:
+            twin = self._projected(record, until_ms).acc
+            integral, steps, estimate = twin.integral_nlms, twin.steps_total, twin.estimate_nl
+        record.update(steps_total=steps, integral_nlms=integral, estimate_nl=estimate)
+        return record
+
+    def next_motion_ms(self, limit_ms: int) -> int:
+        """The end of the next stretch in which the motor takes at most one step and no event
+        falls: the next step's time, the next event, or ``limit_ms``."""
+        end = min(limit_ms, self._next_event_ms)
+        rate = self._basal_eff + self._bolus_eff
+        if rate:
+            a = self.acc
+            end = min(end, self.now_ms + max(1, ms_to_reach(a.integral_nlms, (a.steps_total + 1) * self._q, rate)))
+        return end
+
+    def _projected(self, record: dict[str, Any], until_ms: int) -> Pump:
+        twin, _ = Pump.restore(self.config, record, self.plant())
+        if self.bolus is not None:  # the motor will keep running it until until_ms
+            twin.bolus = replace(self.bolus)
+            twin._replan()
+        twin.advance(until_ms)
+        return twin
+
+    def _exact_record(self) -> dict[str, Any]:
         a = self.acc
-        ahead = 1 if self._basal_eff + self._bolus_eff else 0
         flex = self._flex
         return {
             "now_ms": self.now_ms,
@@ -976,8 +1029,9 @@ class Pump:
             "eos_at_ms": self.eos_at_ms,
             "loaded": self._loaded,
             "flex_anchor_wall_ms": None if flex is None else flex.anchor_wall_ms,
-            "steps_total": a.steps_total + ahead,
-            "estimate_nl": a.estimate_nl - ahead * self.config.step_volume_nl,
+            "steps_total": a.steps_total,
+            "integral_nlms": a.integral_nlms,
+            "estimate_nl": a.estimate_nl,
             "bolus": None if self.bolus is None else int(self.bolus.kind),
         }
 
@@ -1008,7 +1062,7 @@ class Pump:
         p._loaded = bool(record["loaded"])
         a = p.acc
         a.steps_total = int(record["steps_total"])
-        a.integral_nlms = a.steps_total * p._q
+        a.integral_nlms = int(record["integral_nlms"])
         a.estimate_nl = int(record["estimate_nl"])
         a.true_reservoir_nl, a.delivered_true_nl, a.removed_true_nl, a.filled_total_nl, a.charge_pc = (
             plant.true_reservoir_nl,
@@ -1028,6 +1082,7 @@ class Pump:
             p._continuous_rate = rate if p.program.mode is TherapyMode.CONTINUOUS else 0
             if p._flex is not None and record["flex_anchor_wall_ms"] is not None:
                 p._flex.anchor_wall_ms = int(record["flex_anchor_wall_ms"])
+        p._check_reservoir_alarms()
         interrupted = None if record["bolus"] is None else BolusKind(record["bolus"])
         if interrupted is BolusKind.SINGLE and p._fsm.state is PumpState.SINGLE_BOLUS:
             p._fsm.fire("single_bolus_done")  # the single bolus mode's bolus is lost: the pump stops
@@ -1043,6 +1098,8 @@ class Pump:
             raise RefusalError(ErrorCode.NOT_SUPPORTED, f"{fault.name} needs the device's non-volatile memory")
         self._log(LogEventKind.FAULT_INJECTED, fault, param)
         if fault is FaultKind.MOTOR_STALL:
+            if not self.alarms.is_active(AlarmCode.MOTOR_STALL):
+                self._stall_since_ms = self.now_ms
             self._raise(AlarmCode.MOTOR_STALL)
         elif fault is FaultKind.MOTOR_STALL_CLEAR:
             self._clear(AlarmCode.MOTOR_STALL)  # recovery detected: logged as the alarm clearing
@@ -1053,11 +1110,11 @@ class Pump:
             self.reset()
         self._replan()
 
-    def reset(self) -> None:
+    def reset(self, boot_counter: int = 0) -> None:
         """A processor reset: therapy resumes from memory; a running bolus is lost (logged)."""
         if self.bolus is not None:
             self._end_bolus(LogEventKind.BOLUS_INTERRUPTED)
-        self._log(LogEventKind.RESET)
+        self._log(LogEventKind.RESET, 0, boot_counter)
         self._replan()
 
     def enter_safe_state(self, alarm: AlarmCode) -> None:

@@ -85,13 +85,11 @@ class Channel:
         """Decode a received frame body and check its counter is fresh.
 
         In a secured session a counter at or below the highest accepted one is refused
-        with REPLAYED_COUNTER; the high-water mark moves for every authentic frame, even
-        one whose payload is then refused, so no authentic frame is accepted twice.
+        with REPLAYED_COUNTER; the high-water mark moves only for frames that pass every
+        earlier check (SPEC.md, "Counters and replay").
         """
         result = decode_body(body, self.keys)
         if isinstance(result, DecodeError):
-            if result.authentic and result.header is not None:
-                return self.check_fresh(result.header) or result
             return result
         if result.header.from_pump == self.from_pump:
             return DecodeError(ErrorCode.MALFORMED, "frame from the wrong side", result.header)

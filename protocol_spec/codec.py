@@ -122,8 +122,6 @@ class DecodeError:
     """0-based index of the offending top-level payload field; 255 if none."""
     lo: int = 0
     hi: int = 0
-    authentic: bool = False
-    """True if the frame's tag verified before the payload was refused (SECURED frames)."""
 
 
 def payload_class(msg_type: MsgType, flags: int) -> type[Any] | None:
@@ -260,13 +258,12 @@ def decode_body(body: bytes, keys: SessionKeys | None = None) -> Packet | Decode
         rest = opened
     message = decode_payload(cls, rest, header)
     if isinstance(message, DecodeError):
-        return dataclasses.replace(message, authentic=header.secured)
+        return message
     if msg_type is not None and not header.from_pump and CATALOG[msg_type].effectful and header.command_id == 0:
         return DecodeError(
             ErrorCode.MISSING_COMMAND_ID,
             f"{msg_type.name} needs a non-zero command id",
             header,
-            authentic=header.secured,
         )
     return Packet(header, message)
 
