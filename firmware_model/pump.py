@@ -71,6 +71,8 @@ class TherapyCheck:
     max_dose_ng_per_day: int
     max_rate_nl_per_day: int
     soft_limit_overridden: bool
+    soft_limit_ng_per_day: int = 0
+    """The (lowest) soft limit the change crosses under override; 0 if none."""
 
 
 @dataclass(frozen=True)
@@ -693,9 +695,9 @@ class Pump:
                 )
             rates.append(rate)
         top = max(doses)
-        crossed = False
+        crossed = 0
         if top > lim.soft_limit_ng_per_day:
-            crossed = True
+            crossed = lim.soft_limit_ng_per_day
             if not override:
                 raise RefusalError(
                     ErrorCode.SOFT_LIMIT_NEEDS_OVERRIDE,
@@ -707,7 +709,7 @@ class Pump:
         if baseline is not None:
             allowed = baseline * (1000 + lim.soft_increase_permille_per_24h) // 1000
             if top > allowed:
-                crossed = True
+                crossed = min(crossed, allowed) if crossed else allowed
                 if not override:
                     raise RefusalError(
                         ErrorCode.SOFT_LIMIT_NEEDS_OVERRIDE,
@@ -718,7 +720,7 @@ class Pump:
                     )
         if plan is not None:
             plan.rates_nl_per_day = rates
-        return TherapyCheck(top, max(rates), soft_limit_overridden=crossed), plan, rates[0]
+        return TherapyCheck(top, max(rates), bool(crossed), crossed), plan, rates[0]
 
     def _flex_plan(self, program: Program) -> _FlexPlan:
         cycle = program.cycle_days
@@ -759,7 +761,7 @@ class Pump:
                 LogEventKind.SOFT_LIMIT_OVERRIDE,
                 StageKind.PROGRAM,
                 check.max_dose_ng_per_day,
-                self.limits.soft_limit_ng_per_day,
+                check.soft_limit_ng_per_day,
             )
         if program.mode is TherapyMode.SINGLE_BOLUS:
             self._start_bolus(
