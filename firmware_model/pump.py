@@ -202,6 +202,8 @@ class Pump:
         self.rate_pieces: list[RatePiece] | None = [] if record_rates else None
         self._open_basal: RatePiece | None = None
         self.events_processed = 0
+        self._bridge_rate_nl_per_day = 0
+        self._bridge_concentration = 0
         self._stall_since_ms = 0
         self._replan()
 
@@ -350,7 +352,8 @@ class Pump:
     def _held(self) -> bool:
         active = self.alarms.active
         return (
-            AlarmCode.EMPTY_RESERVOIR in active
+            not self._loaded  # never filled: nothing to pump
+            or AlarmCode.EMPTY_RESERVOIR in active
             or AlarmCode.MOTOR_STALL in active
             or self._fsm.state is PumpState.END_OF_SERVICE
         )
@@ -561,11 +564,15 @@ class Pump:
             raise RefusalError(ErrorCode.OUT_OF_RANGE, "STAGE_BOLUS starts PRIMING or BRIDGE", field=0, lo=1, hi=2)
         self._refuse_bolus_now()
         rate = self._bolus_rate(volume_nl, duration_ms, 2, 3)
-        dose = dose_ng_for_volume(volume_nl, self.concentration_ug_per_ml)
+        # what reaches the patient first is the drug in the tubing and catheter: after a
+        # concentration change, a bridge delivers the old drug
+        conc = self._bridge_concentration if kind is BolusKind.BRIDGE and self._bridge_concentration else None
+        conc = conc or self.concentration_ug_per_ml
+        dose = dose_ng_for_volume(volume_nl, conc)
         top = self.limits.max_bolus_ng
         if dose > top:
             raise RefusalError(ErrorCode.HARD_LIMIT, f"bolus of {dose} ng exceeds {top} ng", field=2, hi=top)
-        return TherapyCheck(rate * self.concentration_ug_per_ml // 1000, rate, soft_limit_overridden=False)
+        return TherapyCheck(dose_ng_for_volume(rate, conc), rate, soft_limit_overridden=False)
 
     def start_bolus(self, kind: BolusKind, volume_nl: int, duration_ms: int, *, token: int = 0) -> TherapyCheck:
         """Start a PRIMING or BRIDGE bolus; the basal program is not changed."""
@@ -574,6 +581,19 @@ class Pump:
         self._start_bolus(kind, volume_nl, check.max_rate_nl_per_day)
         self._replan()
         return check
+
+    def bridge_plan(self) -> tuple[int, int] | None:
+        """After a refill that changed the concentration: the BRIDGE bolus (volume, duration)
+        that pushes the old drug out of the pump tubing and the catheter at the rate the basal
+        ran before the refill, so the patient keeps the old dose until the new concentration
+        arrives. None if the last refill changed nothing or no basal was running. Start it
+        with ``start_bolus(BolusKind.BRIDGE, volume, duration)``; it replaces the basal rate
+        while it runs, then the program continues at the new concentration."""
+        rate = self._bridge_rate_nl_per_day
+        if not rate:
+            return None
+        volume = self.catheter_volume_nl + self.config.tubing_volume_nl
+        return volume, -(-volume * MS_PER_DAY // rate)
 
     def cancel_bolus(self) -> bool:
         """Stop a running supplemental bolus (True if one was running)."""
@@ -817,6 +837,7 @@ class Pump:
         if self.bolus is not None:
             raise RefusalError(ErrorCode.BUSY, f"a {self.bolus.kind.name} bolus is running")
         changed = self._loaded and concentration_ug_per_ml != self.concentration_ug_per_ml
+        old_rate, old_conc = self._program_rate_now(), self.concentration_ug_per_ml
         rerated: tuple[Program, TherapyCheck, _FlexPlan | None, int] | None = None
         if changed and self.program.mode in (TherapyMode.CONTINUOUS, TherapyMode.FLEX):
             # the program keeps its doses; its rates follow the new concentration
@@ -844,6 +865,8 @@ class Pump:
             self._note_dose(check.max_dose_ng_per_day)
         self._loaded = True
         self.last_refill_ms = self.now_ms
+        self._bridge_rate_nl_per_day = old_rate if changed else 0
+        self._bridge_concentration = old_conc if changed else 0
         if catheter_volume_nl is not None:
             self.catheter_volume_nl = catheter_volume_nl
         self._log(LogEventKind.REFILL, drug, added_volume_nl, aspirated_volume_nl - expected)
