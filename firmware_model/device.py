@@ -230,7 +230,7 @@ class Device:
         if self.store is None:
             return
         data, key = _encode_state(self.pump, self._outcomes, until_ms)
-        if key != self._last_written:  # the clock alone moving is not worth a write
+        if key != self._last_written:  # the clock or a fraction of a step alone is not worth a write
             self.store.write("state", data)
             self._last_written = key
 
@@ -794,7 +794,8 @@ def _encode_state(pump: Pump, outcomes: OrderedDict[int, _Outcome], until_ms: in
     }
     head = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
     log = b"".join(_encoded_entry(e) for e in pump.log.entries())
-    doc["pump"] = {**doc["pump"], "now_ms": None}
+    # whether anything worth a write changed: not the clock, nor the integral between steps
+    doc["pump"] = {**doc["pump"], "now_ms": None, "integral_nlms": None}
     key = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode() + log
     return len(head).to_bytes(4, "little") + head + log, key
 

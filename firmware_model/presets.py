@@ -2,6 +2,7 @@
 
     pump = make_pump("eri", PumpConfig())      # a pump that has just reached ERI
     device = make_device("eri", PumpConfig(), DeviceConfig(test_role=True), TEST_KEY_SET)
+    device, report = boot_device("eri", PumpConfig(), DeviceConfig(), TEST_KEY_SET)  # with memory
     pump_cfg, device_cfg = configs_from_mapping(tomllib.loads(text))
 
 Every preset starts from the same therapy - the reservoir filled to capacity (20 mL on the
@@ -13,6 +14,7 @@ delivered volume and the battery all agree with each other, as on a real pump.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,8 +24,9 @@ from protocol_spec.enums import AlarmCode, FaultKind
 from protocol_spec.security import KeySet
 
 from .config import BatteryConfig, PumpConfig
-from .device import Device, DeviceConfig
-from .pump import Pump
+from .device import Device, DeviceConfig, nv_layout
+from .nvm import BootReport, NvStore, WriteHook
+from .pump import Plant, Pump
 from .simulate import continuous_program
 from .units import NG_PER_UG, NL_PER_ML
 
@@ -32,10 +35,12 @@ __all__ = [
     "DEFAULT_DOSE_NG_PER_DAY",
     "PRESETS",
     "ConfigError",
+    "boot_device",
     "configs_from_mapping",
     "configs_from_toml",
     "make_device",
     "make_pump",
+    "preset_image",
 ]
 
 DEFAULT_CONCENTRATION_UG_PER_ML = 500
@@ -88,6 +93,45 @@ def make_device(
 ) -> Device:
     """The preset's pump behind the protocol (what ``pumprig serve`` and ``pump://`` run)."""
     return Device(make_pump(preset, pump_config), keys, config=device_config, boot_counter=boot_counter)
+
+
+def preset_image(
+    preset: str | None, pump_config: PumpConfig, device_config: DeviceConfig, keys: KeySet
+) -> tuple[bytes, Plant]:
+    """The preset's pump as its firmware would have committed it to a non-volatile image that
+    was never booted (``nv_layout``: the boot record blank, the state record written), and
+    the plant (reservoir, battery) the image belongs with: ``Device.boot(..., image, plant)``."""
+    pump = make_pump(preset, pump_config)
+    store = NvStore(nv_layout(pump_config, device_config))
+    Device(pump, keys, config=device_config, store=store).checkpoint()
+    return store.image, pump.plant()
+
+
+def boot_device(
+    preset: str | None,
+    pump_config: PumpConfig,
+    device_config: DeviceConfig,
+    keys: KeySet,
+    *,
+    host_ms: int = 0,
+    entropy: Callable[[int], bytes] = secrets.token_bytes,
+    on_write: WriteHook | None = None,
+) -> tuple[Device, BootReport]:
+    """A device with non-volatile memory, booted (boot counter 1) into the preset's situation
+    (None or "default": filled and running), so that resets, power cuts and memory faults
+    reboot it as a real pump's. ``on_write`` sees every physical write from the boot on
+    (the image before it is ``device.store.image`` minus those writes: ``preset_image``)."""
+    image, plant = preset_image(preset, pump_config, device_config, keys)
+    return Device.boot(
+        pump_config,
+        keys,
+        config=device_config,
+        image=image,
+        plant=plant,
+        host_ms=host_ms,
+        entropy=entropy,
+        on_write=on_write,
+    )
 
 
 def _refill_to_full(pump: Pump) -> None:

@@ -16,24 +16,52 @@ pump outlives every client, and bytes half a frame long from a client that vanis
 flushed by the next frame's leading delimiter. The TCP server serves one client at a time;
 a new connection replaces the present one (a client that vanished without a word must not
 lock the pump away).
+
+The pump's non-volatile memory may live in a file (``open_state``). The file *is* the memory,
+written through: every physical write of the device's store lands at its offset and is
+fsync'd before the device goes on, so therapy, event log and boot counter survive a restart
+of the process, and a process killed mid-write leaves what a power cut would (the next boot
+repairs it). One process at a time: the file is locked while it is open.
+
+    device, state, report = open_state(Path("pump.state"), pump_config, device_config, keys)
+    ...                                      # serve device
+    state.close()
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
+import fcntl
 import os
 import selectors
 import signal
 import socket
+import tempfile
 import threading
 import time
 import tty
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
-from firmware_model.device import Device
+from firmware_model.config import PumpConfig
+from firmware_model.device import Device, DeviceConfig, nv_layout
+from firmware_model.nvm import BootReport
+from firmware_model.presets import preset_image
+from firmware_model.pump import Plant
+from protocol_spec.security import KeySet
 
-__all__ = ["OUT_BUFFER_BYTES", "TICK_MS", "PtyServer", "Server", "TcpServer"]
+__all__ = [
+    "OUT_BUFFER_BYTES",
+    "TICK_MS",
+    "PtyServer",
+    "Server",
+    "StateFile",
+    "StateFileError",
+    "TcpServer",
+    "open_state",
+]
 
 TICK_MS = 100
 """The longest the loop sleeps (real time) between two calls of ``Device.advance``."""
@@ -53,7 +81,7 @@ def _quiet(_message: str) -> None:
     """The default note sink: notes go nowhere."""
 
 
-class Server:
+class Server(abc.ABC):
     """The loop shared by the pty and TCP servers: select, advance, flush."""
 
     url: str
@@ -182,21 +210,25 @@ class Server:
 
     # ------------------------------------------------------------------ per link kind
 
+    @abc.abstractmethod
     def _accept(self) -> None:
-        raise NotImplementedError
+        """A client connects (a listening socket is readable)."""
 
+    @abc.abstractmethod
     def _link_read(self) -> bytes:
-        raise NotImplementedError
+        """Bytes the client sent (b"" when it went away)."""
 
+    @abc.abstractmethod
     def _link_write(self, data: bytes) -> int:
         """Bytes written without blocking (0: try again when writable)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _want_write(self, want: bool) -> None:
-        raise NotImplementedError
+        """Ask the selector for (or stop asking for) writability."""
 
+    @abc.abstractmethod
     def _close_link(self) -> None:
-        raise NotImplementedError
+        """Drop the client's end (the server keeps listening)."""
 
 
 class PtyServer(Server):
@@ -223,6 +255,9 @@ class PtyServer(Server):
         except BaseException:
             self.close()
             raise
+
+    def _accept(self) -> None:
+        """Nothing listens on a pty: a client simply opens the slave path."""
 
     def _link_read(self) -> bytes:
         try:
@@ -362,3 +397,165 @@ class TcpServer(Server):
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(listener)
             listener.close()
+
+
+# ---------------------------------------------------------------------- non-volatile memory in a file
+
+
+class StateFileError(Exception):
+    """A state file that cannot be used (or written): what is wrong and what to do."""
+
+
+class StateFile:
+    """An open, locked state file of exactly the image's size: the device's non-volatile
+    memory. ``on_write`` is the store's write hook (``Device.boot(on_write=...)``)."""
+
+    def __init__(self, path: Path, fd: int, image: bytes) -> None:
+        self.path = path
+        self.image = image
+        """The image as it was read when the file was opened."""
+        self._fd = fd
+
+    @classmethod
+    def open(cls, path: Path, size: int, new_image: bytes | None = None) -> StateFile:
+        """Open the state file at ``path``, which must hold ``size`` bytes; or, with
+        ``new_image``, create it (mode 0600, never over an existing file) holding that image."""
+        if new_image is not None:
+            if len(new_image) != size:
+                raise ValueError(f"the new image has {len(new_image)} bytes, not {size}")
+            _create(path, new_image)
+        try:
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise StateFileError(f"{path} does not exist") from None
+        except OSError as exc:
+            raise StateFileError(f"cannot open {path}: {exc.strerror or exc}") from exc
+        try:
+            _lock_and_check(fd, path, size)
+            image = _read_all(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, image)
+
+    def on_write(self, offset: int, length: int, data: bytes) -> None:
+        """Write through: the bytes at ``offset``, then fsync, before the device goes on."""
+        view = memoryview(data)[:length]
+        try:
+            while view:
+                written = os.pwrite(self._fd, view, offset)
+                view = view[written:]
+                offset += written
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise StateFileError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        """Release the file (and its lock). Idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> StateFile:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def open_state(
+    path: Path,
+    pump_config: PumpConfig,
+    device_config: DeviceConfig,
+    keys: KeySet,
+    *,
+    preset: str | None = None,
+) -> tuple[Device, StateFile, BootReport]:
+    """Boot a device whose non-volatile memory is the file at ``path``, written through.
+
+    A missing file is created: factory-new (``preset`` None: erased memory, an empty pump,
+    STOPPED) or in the preset's situation. An existing file is booted as it is (the boot
+    counter goes up; a bad copy is repaired); with a ``preset`` it is refused, as is a file
+    whose size is not the image's. The plant (true reservoir, battery charge) does not live
+    in the file: a pump booted from an existing file holds what its firmware believes.
+    """
+    layout = nv_layout(pump_config, device_config)
+    new_image: bytes | None = None
+    plant: Plant | None = None
+    if not path.exists():
+        if preset is None:
+            new_image = layout.blank_image()
+        else:
+            new_image, plant = preset_image(preset, pump_config, device_config, keys)
+    elif preset is not None:
+        raise StateFileError(
+            f"{path} already holds a pump: a preset applies to a new state file only "
+            "(drop the preset, or give a new file)"
+        )
+    state = StateFile.open(path, layout.size, new_image)
+    try:
+        device, report = Device.boot(
+            pump_config, keys, config=device_config, image=state.image, plant=plant, on_write=state.on_write
+        )
+    except BaseException:
+        state.close()
+        raise
+    return device, state, report
+
+
+def _create(path: Path, image: bytes) -> None:
+    """``path`` holding ``image``, mode 0600, whole or not at all: written and fsync'd under a
+    temporary name, then linked into place (never over a file that appeared meanwhile)."""
+    directory = path.parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=directory)  # mode 0600
+    except OSError as exc:
+        raise StateFileError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    try:
+        view = memoryview(image)
+        offset = 0
+        while offset < len(view):
+            offset += os.pwrite(fd, view[offset:], offset)
+        os.fsync(fd)
+        os.link(tmp, path)
+    except FileExistsError:
+        raise StateFileError(f"{path} appeared while it was being created: start again") from None
+    except OSError as exc:
+        raise StateFileError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    with contextlib.suppress(OSError):  # the new name itself, durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _lock_and_check(fd: int, path: Path, size: int) -> None:
+    """One process at a time, and a file of the image's size."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StateFileError(f"{path} is in use by another pump (another pumprig serve?)") from None
+    found = os.fstat(fd).st_size
+    if found != size:
+        raise StateFileError(
+            f"{path} holds {found} bytes, not the {size} bytes of this pump's non-volatile memory: "
+            "it is not a state file, or one of a pump with another --config; give that --config, or a new file"
+        )
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)

@@ -10,11 +10,12 @@ import click
 
 from firmware_model.config import PumpConfig
 from firmware_model.device import Device, DeviceConfig
-from firmware_model.presets import PRESETS, configs_from_toml, make_device
+from firmware_model.nvm import BootReport
+from firmware_model.presets import PRESETS, boot_device, configs_from_toml
 from protocol_spec.enums import Role
 from protocol_spec.security import TEST_KEY_SET, KeyFileError, KeySet
 
-from .serve import PtyServer, Server, TcpServer
+from .serve import PtyServer, Server, StateFile, StateFileError, TcpServer, open_state
 
 __all__ = ["load_keys", "parse_host_port", "serve_command"]
 
@@ -62,7 +63,23 @@ Config file (--config FILE, TOML; every key is optional):
     metavar="N",
     help="Run the pump's clock N times faster than real time (session timeouts too).",
 )
-@click.option("--preset", type=click.Choice(list(PRESETS)), help="Start in a ready-made situation (below).")
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    help="Start in a ready-made situation (below); with --state, a new FILE only.  "
+    "[default: default; a new --state FILE: factory-new]",
+)
+@click.option(
+    "--state",
+    "state_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Keep the pump's non-volatile memory in FILE (written through, fsync'd): therapy, event log "
+    "and boot counter survive a restart or a kill. A missing FILE is created (mode 0600) factory-new "
+    "- an empty pump, STOPPED - or in the --preset situation; an existing FILE is booted as it is "
+    "(--preset refused). The plant (true reservoir, battery charge) is not kept: a restarted pump "
+    "holds what its firmware believes, on a full battery.",
+)
 @click.option(
     "--key-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -79,6 +96,7 @@ def serve_command(
     config_file: Path | None,
     time_scale: int,
     preset: str | None,
+    state_file: Path | None,
     key_file: Path | None,
     no_test_role: bool,
 ) -> None:
@@ -92,11 +110,16 @@ def serve_command(
     read the plant's true state): --no-test-role turns it off. With no --key-file the pump
     uses the published TEST key set, which protects nothing, and says so on stderr.
 
+    The pump always has non-volatile memory, so resets, power cuts and memory corruption
+    (pumprig test fault ...) reboot it as a real pump's; without --state that memory lives
+    in the process and ends with it.
+
     \b
     Examples:
       pumprig serve --pty
       pumprig serve --tcp 127.0.0.1:0 --preset low-reservoir
       pumprig serve --pty --preset eri --time-scale 60 --key-file pump.keys
+      pumprig serve --pty --state pump.state     # stop it, start it again: the same pump
       pumprig serve --pty > pump.url &        # in a script: the URL is pump.url's first line
       pumprig test --port "$(head -1 pump.url)" advance 30d
     In Python, with no process at all:
@@ -109,23 +132,69 @@ def serve_command(
     try:
         pump_config, device_config = configs_from_toml(config_file) if config_file else (PumpConfig(), DeviceConfig())
         keys = load_keys(key_file)
-        device = make_device(preset, pump_config, dataclasses.replace(device_config, test_role=test_role), keys)
     except (ValueError, KeyFileError) as exc:
         raise click.UsageError(str(exc)) from exc
-    _key_notes(keys, key_file, test_role)
+    device_config = dataclasses.replace(device_config, test_role=test_role)
+    state: StateFile | None = None
+    try:
+        if state_file is None:
+            device, report = boot_device(preset, pump_config, device_config, keys)
+            what = f"{preset or 'default'} pump"
+        else:
+            created = not state_file.exists()
+            device, state, report = open_state(state_file, pump_config, device_config, keys, preset=preset)
+            what = f"new {preset or 'factory-new'} pump in {state_file}" if created else f"the pump in {state_file}"
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except StateFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--state'") from exc
+    try:
+        _serve(device, report, state, what, tcp=tcp, time_scale=time_scale, key_file=key_file, test_role=test_role)
+    finally:
+        if state is not None:
+            state.close()
+    _note("stopped")
+
+
+def _serve(
+    device: Device,
+    report: BootReport,
+    state: StateFile | None,
+    what: str,
+    *,
+    tcp: str | None,
+    time_scale: int,
+    key_file: Path | None,
+    test_role: bool,
+) -> None:
+    _key_notes(device.keys, key_file, test_role)
+    if state is not None:
+        _boot_notes(device, report, state)
     server = _open_server(device, tcp, time_scale)
     try:
         click.echo(server.url)
         sys.stdout.flush()
         role = "test role on" if test_role else "test role off"
         speed = "real time" if time_scale == 1 else f"{time_scale}x real time"
-        _note(f"{preset or 'default'} pump on {server.url} ({role}, {speed}); stop with Ctrl-C or SIGTERM")
+        _note(f"{what} on {server.url} ({role}, {speed}); stop with Ctrl-C or SIGTERM")
         server.run()
+    except StateFileError as exc:
+        raise click.ClickException(f"{exc}: the pump has lost its non-volatile memory and stops") from exc
     finally:
         server.close()
         if server.dropped_out_bytes:
             _note(f"{server.dropped_out_bytes} bytes dropped for a client that did not read")
-    _note("stopped")
+
+
+def _boot_notes(device: Device, report: BootReport, state: StateFile) -> None:
+    _note(f"non-volatile memory in {state.path} (written through); boot {device.boot_counter}")
+    if report.repaired:
+        _note(f"{state.path}: a bad copy of {', '.join(report.repaired)} was repaired from the good one")
+    if report.failed:
+        _note(
+            f"{state.path}: no good copy of {', '.join(report.failed)}: MEMORY_ERROR, "
+            "minimum rate until a clinician reprograms"
+        )
 
 
 def _open_server(device: Device, tcp: str | None, time_scale: int) -> Server:

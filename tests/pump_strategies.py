@@ -100,8 +100,9 @@ def quantum(p: Pump) -> int:
 
 
 def held(p: Pump) -> bool:
-    """The motor must be still: empty reservoir, motor stall or end of service."""
-    return bool(HOLDING & p.alarms.active.keys()) or p.state is PumpState.END_OF_SERVICE
+    """The motor must be still: never filled, empty reservoir, motor stall or end of service."""
+    never_filled = p.acc.filled_total_nl == 0
+    return never_filled or bool(HOLDING & p.alarms.active.keys()) or p.state is PumpState.END_OF_SERVICE
 
 
 def minimum_rate() -> Program:

@@ -8,8 +8,11 @@ URL: ``pump://[?option=value&...]``
     test_role=0       start without the test role (default 1: on, as ``pumprig serve``)
     key_file=PATH     the device's key set (default: the published TEST keys)
     config=PATH       pump and device parameters (TOML, as ``pumprig serve --config``)
+    state=PATH        non-volatile memory in a file, as ``pumprig serve --state`` (a missing
+                      file is created factory-new, or in the preset's situation)
 
-Each ``open()`` makes a fresh pump, reachable as ``port.device`` for white-box checks. The
+Each ``open()`` makes a fresh pump (with ``state``: boots the one in the file, which stays
+locked until ``close()``), reachable as ``port.device`` for white-box checks. The
 device answers inside ``write()``, so replies are waiting before ``write`` returns and no
 thread is needed. ``read(size)`` returns once it has ``size`` bytes or the timeout expires;
 while it waits, host time moves and alarm notifications may arrive. With ``virtual=1``
@@ -31,6 +34,8 @@ from firmware_model.device import Device, DeviceConfig
 from firmware_model.presets import PRESETS, configs_from_toml, make_device
 from protocol_spec.security import TEST_KEY_SET, KeyFileError, KeySet
 
+from ..serve import StateFile, StateFileError, open_state
+
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
@@ -39,7 +44,7 @@ __all__ = ["RX_BUFFER_BYTES", "PumpUrl", "Serial", "parse_pump_url"]
 RX_BUFFER_BYTES = 1 << 20
 """Bytes the pump may queue for a client that does not read, before the oldest are dropped."""
 _TICK_S = 0.1
-_USAGE = "pump://[?preset=NAME&time_scale=N&virtual=1&test_role=0&key_file=PATH&config=PATH]"
+_USAGE = "pump://[?preset=NAME&time_scale=N&virtual=1&test_role=0&key_file=PATH&config=PATH&state=PATH]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +57,7 @@ class PumpUrl:
     test_role: bool = True
     key_file: Path | None = None
     config_file: Path | None = None
+    state_file: Path | None = None
 
 
 def parse_pump_url(url: str) -> PumpUrl:
@@ -80,10 +86,10 @@ def parse_pump_url(url: str) -> PumpUrl:
             if value not in ("0", "1"):
                 raise ValueError(f"{option} is 0 or 1, not {value!r}")
             changes[option] = value == "1"
-        elif option in ("key_file", "config"):
+        elif option in ("key_file", "config", "state"):
             if not value:
                 raise ValueError(f"{option} needs a path")
-            changes["key_file" if option == "key_file" else "config_file"] = Path(value)
+            changes["key_file" if option == "key_file" else f"{option}_file"] = Path(value)
         else:
             raise ValueError(f"unknown option {option!r}: {_USAGE}")
     return PumpUrl(**changes)
@@ -94,6 +100,7 @@ class Serial(SerialBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.device: Device | None = None
+        self.state: StateFile | None = None
         self.options = PumpUrl()
         self._rx = bytearray()
         self.dropped_rx_bytes = 0
@@ -114,8 +121,13 @@ class Serial(SerialBase):
             )
             keys = TEST_KEY_SET if opts.key_file is None else KeySet.load(opts.key_file)
             device_config = dataclasses.replace(device_config, test_role=opts.test_role)
-            self.device = make_device(opts.preset, pump_config, device_config, keys)
-        except (ValueError, KeyFileError) as exc:
+            if opts.state_file is None:
+                self.device = make_device(opts.preset, pump_config, device_config, keys)
+            else:
+                self.device, self.state, _ = open_state(
+                    opts.state_file, pump_config, device_config, keys, preset=opts.preset
+                )
+        except (ValueError, KeyFileError, StateFileError) as exc:
             raise SerialException(f"cannot open {self.portstr}: {exc}") from exc
         self._rx.clear()
         self._start_ns = time.monotonic_ns()
@@ -124,6 +136,9 @@ class Serial(SerialBase):
     def close(self) -> None:
         self.is_open = False
         self._rx.clear()
+        state, self.state = self.state, None
+        if state is not None:
+            state.close()
 
     def _reconfigure_port(self) -> None:
         """Baud rate, parity and the rest mean nothing to an in-process pump."""
