@@ -147,6 +147,7 @@ class Device:
         self.pump = pump
         self.store = store
         self._last_written: bytes | None = None
+        self._last_log: bytes | None = None
         self.keys = keys
         self.config = config if config is not None else DeviceConfig()
         self.boot_counter = boot_counter
@@ -184,10 +185,11 @@ class Device:
         """Boot from a non-volatile image (None: a factory-new device).
 
         The boot counter goes up before anything else. The state record holds the pump's
-        firmware state, the exactly-once table and the event log in one record, so a power cut
-        at any write leaves the old state or the new one, never a mix. One bad copy is repaired
-        and logged; a state record with both copies bad (or one that does not make sense) gives
-        a critical MEMORY_ERROR and the safe state: minimum rate, until a clinician reprograms.
+        firmware state and the exactly-once table together, so a power cut at any write leaves
+        the old state or the new one, never a mix; the event log is written after it (a cut
+        between leaves the log short, never wrong). One bad copy is repaired and logged; a
+        record with both copies bad (or one that does not make sense) gives a critical
+        MEMORY_ERROR and the safe state: minimum rate, until a clinician reprograms.
         ``plant`` is the physical pump (reservoir, battery) carried over a reset.
         """
         cfg = config if config is not None else DeviceConfig()
@@ -198,11 +200,11 @@ class Device:
         pump = Pump(pump_config)
         outcomes: OrderedDict[int, _Outcome] = OrderedDict()
         interrupted = None
-        memory_error = "state" in report.failed
+        memory_error = bool(report.failed)
         raw = store.read("state")
         if raw is not None and not memory_error:
             try:
-                pump, outcomes, interrupted = _decode_state(pump_config, raw, plant)
+                pump, outcomes, interrupted = _decode_state(pump_config, raw, store.read("log") or b"", plant)
             except (CorruptStateError, ValueError, KeyError, TypeError):
                 memory_error = True
         if memory_error and plant is not None:  # factory firmware state, the physical pump as it is
@@ -224,7 +226,7 @@ class Device:
         return device, report
 
     def checkpoint(self, until_ms: int | None = None) -> None:
-        """Commit the state record if it changed (one write point). Every effectful command
+        """Commit the state record, then the event log, if they changed. Every effectful command
         is committed here, with its outcome, before its reply is sent; before the pump runs
         to ``until_ms`` its accounting at that time is committed first (write-ahead)."""
         if self.store is None:
@@ -233,6 +235,10 @@ class Device:
         if key != self._last_written:  # the clock or a fraction of a step alone is not worth a write
             self.store.write("state", data)
             self._last_written = key
+        log = _encode_log(self.pump)
+        if log != self._last_log:  # after the state: a cut between leaves the log short, never wrong
+            self.store.write("log", log)
+            self._last_log = log
 
     def reboot(self, *, corrupt_bit: int | None = None, save_first: bool = True) -> BootReport:
         """Reset the processor: boot again from non-volatile memory (the plant carries over).
@@ -770,10 +776,10 @@ class Device:
 
 
 def nv_layout(pump_config: PumpConfig, config: DeviceConfig) -> NvLayout:
-    """The non-volatile image: a boot counter, and one state record (firmware state, the
-    exactly-once table and the event log, committed together)."""
-    state_bytes = 16_384 + config.outcomes_kept * 160 + pump_config.event_log_capacity * _LOG_ENTRY_BYTES
-    return NvLayout.of({"boot": 8, "state": state_bytes})
+    """The non-volatile image: a boot counter; the state record (firmware state and the
+    exactly-once table, committed together); the event log."""
+    state_bytes = 16_384 + config.outcomes_kept * 160
+    return NvLayout.of({"boot": 8, "state": state_bytes, "log": pump_config.event_log_capacity * _LOG_ENTRY_BYTES})
 
 
 def _encode_state(pump: Pump, outcomes: OrderedDict[int, _Outcome], until_ms: int | None = None) -> tuple[bytes, bytes]:
@@ -792,12 +798,14 @@ def _encode_state(pump: Pump, outcomes: OrderedDict[int, _Outcome], until_ms: in
             for cid, o in outcomes.items()
         ],
     }
-    head = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-    log = b"".join(_encoded_entry(e) for e in pump.log.entries())
+    data = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
     # whether anything worth a write changed: not the clock, nor the integral between steps
     doc["pump"] = {**doc["pump"], "now_ms": None, "integral_nlms": None}
-    key = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode() + log
-    return len(head).to_bytes(4, "little") + head + log, key
+    return data, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _encode_log(pump: Pump) -> bytes:
+    return b"".join(_encoded_entry(e) for e in pump.log.entries())
 
 
 @functools.lru_cache(maxsize=8192)
@@ -807,11 +815,9 @@ def _encoded_entry(entry: m.LogEntry) -> bytes:
 
 
 def _decode_state(
-    pump_config: PumpConfig, data: bytes, plant: Plant | None
+    pump_config: PumpConfig, data: bytes, log_bytes: bytes, plant: Plant | None
 ) -> tuple[Pump, OrderedDict[int, _Outcome], Any]:
-    n = int.from_bytes(data[:4], "little")
-    doc = json.loads(data[4 : 4 + n])
-    log_bytes = data[4 + n :]
+    doc = json.loads(data)
     entries = []
     for i in range(0, len(log_bytes), _LOG_ENTRY_BYTES):
         entry = decode_payload(m.LogEntry, log_bytes[i : i + _LOG_ENTRY_BYTES])
