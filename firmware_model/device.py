@@ -14,12 +14,13 @@ so) and changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -582,7 +583,8 @@ class Device:
         )
 
     def _stage_program(self, msg: m.StageProgram, _h: Header, s: _Session | None) -> m.StageReply:
-        check = self.pump.check_program(msg.program, bool(msg.override_soft_limits))
+        with _inside_field(1):  # a refused value inside the Program names the field that holds it
+            check = self.pump.check_program(msg.program, bool(msg.override_soft_limits))
         return self._stage(msg, s, StageKind.PROGRAM, check)
 
     def _stage_bolus(self, msg: m.StageBolus, _h: Header, s: _Session | None) -> m.StageReply:
@@ -590,7 +592,8 @@ class Device:
         return self._stage(msg, s, StageKind.BOLUS, check)
 
     def _stage_patient_bolus(self, msg: m.StagePatientBolus, _h: Header, s: _Session | None) -> m.StageReply:
-        check = self.pump.check_patient_bolus(msg.settings)
+        with _inside_field(1):
+            check = self.pump.check_patient_bolus(msg.settings)
         return self._stage(msg, s, StageKind.PATIENT_BOLUS_SETTINGS, check)
 
     def _commit(self, msg: m.Commit, _h: Header, _s: _Session | None) -> m.CommitReply:
@@ -838,6 +841,18 @@ def _decode_state(
             raise CorruptStateError(f"stored outcome of {t.name}: {reply.detail}")
         outcomes[int(cid)] = _Outcome(t, bytes.fromhex(digest), reply, int(at_ms))
     return pump, outcomes, interrupted
+
+
+@contextlib.contextmanager
+def _inside_field(index: int) -> Iterator[None]:
+    """SPEC.md "Errors": for a value inside a record, ``field`` is the index of the top-level
+    field that holds it (``lo``/``hi`` stay the inner field's range)."""
+    try:
+        yield
+    except RefusalError as exc:
+        if exc.field != 255:
+            exc.field = index
+        raise
 
 
 def _is_error(reply: Any) -> bool:

@@ -706,12 +706,13 @@ class Pump:
                 )
             rate = rate_nl_per_day(dose, conc)
             if not lim.min_rate_nl_per_day <= rate <= lim.max_rate_nl_per_day:
-                raise RefusalError(
+                raise RefusalError(  # the range of the dose field: doses whose rates are programmable
                     ErrorCode.OUT_OF_RANGE,
-                    f"{dose} ng/day at {conc} ug/mL is {rate} nL/day",
+                    f"{dose} ng/day at {conc} ug/mL is {rate} nL/day, outside "
+                    f"[{lim.min_rate_nl_per_day}, {lim.max_rate_nl_per_day}] nL/day",
                     field=dose_field,
-                    lo=lim.min_rate_nl_per_day,
-                    hi=lim.max_rate_nl_per_day,
+                    lo=-(-lim.min_rate_nl_per_day * conc // 1000),
+                    hi=((lim.max_rate_nl_per_day + 1) * conc - 1) // 1000,
                 )
             rates.append(rate)
         top = max(doses)
