@@ -541,12 +541,14 @@ class Pump:
         rate = volume_nl * MS_PER_DAY // duration_ms
         top = self.config.max_bolus_rate_nl_per_day
         if not 1 <= rate <= top:
+            # the range of the duration field for this volume: no faster than the fastest bolus
+            # the motor runs, no slower than 1 nL/day
             raise RefusalError(
                 ErrorCode.OUT_OF_RANGE,
                 f"bolus rate {rate} nL/day is outside [1, {top}]",
                 field=field_duration,
-                lo=1,
-                hi=top,
+                lo=-(-volume_nl * MS_PER_DAY // top),
+                hi=min(volume_nl * MS_PER_DAY, (1 << 32) - 1),
             )
         return rate
 

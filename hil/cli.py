@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from programmer.cli import mount as mount_programmer
 from protocol_spec import __version__
 from protocol_spec.cli import decode
 
+from . import urlhandler
 from .demo import demo
 from .keys_cli import keys_group
 from .serve_cli import serve_command
@@ -30,6 +32,20 @@ def cli() -> None:
       pumprig test --help               drive a served pump by hand: time, faults, the plant's true state
       pumprig keys --help               generate a device key set, show its key ids
 
+    \b
+    The clinician's programmer (--url URL, or PUMPRIG_URL; default pump://, a virtual pump):
+      pumprig status --json             reservoir, alarms, therapy, battery
+      pumprig interrogate               everything the pump reports
+      pumprig program --help            continuous, flex, stop, minimum-rate, single-bolus
+      pumprig refill --help             aspirated vs expected, pocket-fill guard, bridge bolus
+      pumprig bolus --help              priming, bridge, patient-bolus settings
+      pumprig alarms --help             configure, silence, acknowledge
+      pumprig log --csv log.csv         the event log, filtered, as CSV or JSON
+      pumprig clock | limits            the pump's clock, its drug library
+      pumprig calc --dose-ug-per-day 300 --concentration-ug-per-ml 500
+    Exit codes: 0 ok, 1 bug, 2 usage or local check (nothing sent), 3 link, 4 refused,
+    5 no reply, 6 uncertain outcome (interrogate before anything else), 7 wrong key.
+
     Protocol: protocol_spec/SPEC.md; golden vectors: protocol_spec/vectors/.
     """
 
@@ -40,6 +56,8 @@ cli.add_command(simulate_command)
 cli.add_command(serve_command)
 cli.add_command(testrole_group)
 cli.add_command(keys_group)
+mount_programmer(cli)
+urlhandler.register()  # pump:// URLs for the programmer's commands
 
 
 def main() -> None:
