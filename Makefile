@@ -20,10 +20,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: the protocol (a session's frames, annotated), then a pump's whole life on the virtual pump
+## demo: the protocol (a session's frames, annotated), a pump's whole life simulated, then a
+## clinician's session on a virtual pump that keeps its memory in a file (refill, program, status)
 demo: $(STAMP)
 	$(BIN)/pumprig demo
 	$(BIN)/pumprig simulate --config examples/flex13.toml
+	@dir=$$(mktemp -d) && url="pump://?state=$$dir/pump.state" && set -x && \
+	$(BIN)/pumprig --url "$$url" refill --aspirated-ml 0 --added-ml 20 --concentration-ug-per-ml 500 \
+	    --needle-in-reservoir --aspiration-confirmed --yes && \
+	$(BIN)/pumprig --url "$$url" program continuous --dose-ug-per-day 300 --concentration-ug-per-ml 500 --yes && \
+	$(BIN)/pumprig --url "$$url" status; rc=$$?; rm -rf "$$dir"; exit $$rc
 
 ## lint: ruff (lint and format check), mypy --strict, import-linter layer contracts
 lint: $(STAMP)
