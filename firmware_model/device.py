@@ -102,6 +102,8 @@ class LinkStats:
     dropped: int = 0
     """Valid frames not answered: too short for a header, our own echo, bad tags in a backoff."""
     refused: dict[str, int] = field(default_factory=dict)
+    last_refusal: str = ""
+    """The newest refusal and why, in words (for a rig's log; the wire carries only the code)."""
 
 
 @dataclass
@@ -390,7 +392,7 @@ class Device:
         retry_after_ms: int = 0,
     ) -> m.ErrorReply:
         """Answer with an error reply: sealed if the pump holds the named session, else plaintext."""
-        del detail  # the reason is in the code; details stay on the pump
+        self.stats.last_refusal = f"{code.name}: {detail}"
         self.stats.refused[code.name] = self.stats.refused.get(code.name, 0) + 1
         if code in _SECURITY_CODES:
             self._security_event(code, request)

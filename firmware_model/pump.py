@@ -978,9 +978,6 @@ class Pump:
 
     # ------------------------------------------------------------------ non-volatile state
 
-    def _alarm_items(self) -> list[tuple[AlarmCode, ActiveAlarm]]:
-        return list(self.alarms.active.items())
-
     def plant(self) -> Plant:
         """The physical state (drug in the reservoir and through the outlet, battery charge),
         which a reset of the firmware does not change."""
