@@ -38,11 +38,12 @@ def cli() -> None:
       pumprig interrogate               everything the pump reports
       pumprig program --help            continuous, flex, stop, minimum-rate, single-bolus
       pumprig refill --help             aspirated vs expected, pocket-fill guard, bridge bolus
-      pumprig bolus --help              priming, bridge, patient-bolus settings
+      pumprig bolus --help              priming, bridge, patient settings; request, cancel (patient role)
       pumprig alarms --help             configure, silence, acknowledge
       pumprig log --csv log.csv         the event log, filtered, as CSV or JSON
       pumprig clock | limits            the pump's clock, its drug library
       pumprig calc --dose-ug-per-day 300 --concentration-ug-per-ml 500
+      --trace                           annotated frames (decrypted) on stderr, on any command
     Exit codes: 0 ok, 1 bug, 2 usage or local check (nothing sent), 3 link, 4 refused,
     5 no reply, 6 uncertain outcome (interrogate before anything else), 7 wrong key.
 

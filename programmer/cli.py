@@ -1,7 +1,7 @@
 """``pumprig interrogate|status|program|bolus|refill|alarms|log|clock|limits|calc``: the clinician's programmer.
 
 ``mount(root)`` adds these commands to a click group and the link options (--url, --key-file,
---role, --json) to the group itself, so both ``pumprig --url U status`` and
+--role, --json, --trace, --dtr/--no-dtr, --rts/--no-rts) to the group itself, so both ``pumprig --url U status`` and
 ``pumprig status --url U`` work (the command's own option wins). The rig mounts them on
 ``pumprig``; opening ``pump://`` URLs needs the rig's URL handler registered first.
 
@@ -48,7 +48,7 @@ from protocol_spec.security import KeyFileError, KeySet
 
 from . import calc
 from .client import Programmer, PublishedKeysWarning
-from .errors import ProgrammerError, UsageError, exit_code_for, quantity
+from .errors import ProgrammerError, PumpRefused, UsageError, exit_code_for, quantity
 from .workflows import (
     Change,
     Finished,
@@ -84,10 +84,17 @@ class Link:
     key_file: Path | None
     role: Role
     as_json: bool
+    trace: bool = False
+    dtr: bool | None = None
+    rts: bool | None = None
+
+
+_TRISTATE = ("dtr", "rts")
+"""Link options whose False is a choice (--no-dtr), not an absent flag."""
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    if value not in (None, False):
+    if value is not None and (value is not False or param.name in _TRISTATE):
         ctx.meta[_META + str(param.name)] = value
     return value
 
@@ -117,20 +124,42 @@ def _link_param_specs() -> list[tuple[tuple[str, ...], dict[str, Any]]]:
             },
         ),
         (("--json", "as_json"), {"is_flag": True, "help": "Print one JSON object on stdout."}),
+        (("--trace",), {"is_flag": True, "help": "Show every frame sent and received, annotated, on stderr."}),
+        (
+            ("--dtr/--no-dtr",),
+            {"default": None, "help": "Hold DTR high/low once the port is open (--no-dtr: boards that reset on DTR)."},
+        ),
+        (
+            ("--rts/--no-rts",),
+            {"default": None, "help": "Hold RTS high/low once the port is open (--no-rts: boards that reset on RTS)."},
+        ),
     ]
 
 
-def link_options(func: F) -> F:
-    """--url, --key-file, --role, --json on a command; its values land in a ``link`` argument."""
+def _with_link(func: F, default_role: Role) -> F:
+    """The link options on a command; their values (the command's, else the root's) land in ``link``."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, url: str | None, key_file: Path | None, role: str | None, as_json: bool, **kw: Any) -> Any:
+    def wrapper(
+        *args: Any,
+        url: str | None,
+        key_file: Path | None,
+        role: str | None,
+        as_json: bool,
+        trace: bool,
+        dtr: bool | None,
+        rts: bool | None,
+        **kw: Any,
+    ) -> Any:
         meta = click.get_current_context().meta
         link = Link(
             url=url or meta.get(_META + "url") or os.environ.get(URL_ENV) or DEFAULT_URL,
             key_file=key_file or meta.get(_META + "key_file"),
-            role=Role[(role or meta.get(_META + "role") or "clinician").upper()],
+            role=Role[(role or meta.get(_META + "role") or default_role.name).upper()],
             as_json=as_json or bool(meta.get(_META + "as_json")),
+            trace=trace or bool(meta.get(_META + "trace")),
+            dtr=dtr if dtr is not None else meta.get(_META + "dtr"),
+            rts=rts if rts is not None else meta.get(_META + "rts"),
         )
         return func(*args, link=link, **kw)
 
@@ -138,6 +167,16 @@ def link_options(func: F) -> F:
     for decls, kw in reversed(_link_param_specs()):
         decorated = click.option(*decls, **kw)(decorated)
     return decorated  # type: ignore[return-value]
+
+
+def link_options(func: F) -> F:
+    """--url, --key-file, --role, --json, --trace, --dtr, --rts on a command (role default: clinician)."""
+    return _with_link(func, Role.CLINICIAN)
+
+
+def patient_link_options(func: F) -> F:
+    """The link options of a patient's command: the role defaults to patient."""
+    return _with_link(func, Role.PATIENT)
 
 
 def yes_option(func: F) -> F:
@@ -169,11 +208,22 @@ def connect(link: Link) -> Iterator[Programmer]:
     keys = KeySet.load(link.key_file) if link.key_file is not None else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PublishedKeysWarning)
-        prog = Programmer.open(link.url, keys=keys, role=link.role)
+        prog = Programmer.open(
+            link.url,
+            keys=keys,
+            role=link.role,
+            dtr=link.dtr,
+            rts=link.rts,
+            trace=trace_to_stderr if link.trace else None,
+        )
     if caught and not link.url.startswith("pump://"):
         click.echo(f"warning: {caught[0].message}", err=True)
     with prog:
         yield prog
+
+
+def trace_to_stderr(text: str) -> None:
+    click.echo(text, err=True)
 
 
 def out_console(link: Link) -> Console:
@@ -404,7 +454,7 @@ def program_group() -> None:
       pumprig program flex --step 00:00=300 --step 08:00=400 --step 20:00=300
       pumprig program flex --cycle-days 2 --step 00:00=300 --step 1/00:00=350
       pumprig program flex --per-hour --step 00:00=12.5 --step 08:00=15
-      pumprig program single-bolus --dose-ug 50 --duration 1m
+      pumprig program single-bolus --dose-ug 50 --duration 10m
       pumprig program minimum-rate --yes
       pumprig program stop
     """
@@ -595,7 +645,7 @@ def program_single_bolus(link: Link, dose: str, duration: str, concentration: in
 
     \b
     Example:
-      pumprig program single-bolus --dose-ug 50 --duration 1m
+      pumprig program single-bolus --dose-ug 50 --duration 10m
     """
     dose_ng = calc.parse_scaled(dose, "--dose-ug", 1000, "ng")
     duration_ms = calc.parse_duration_ms(duration, "--duration")
@@ -603,7 +653,15 @@ def program_single_bolus(link: Link, dose: str, duration: str, concentration: in
         limits = prog.read_limits()
         conc, _ = _checked_concentration(prog, limits, concentration)
         calc.check_bolus_dose(dose_ng, limits, MsgType.STAGE_PROGRAM)
-        _run_program(link, prog, single_bolus_program(conc, dose_ng, duration_ms), override=False, yes=yes)
+        try:
+            _run_program(link, prog, single_bolus_program(conc, dose_ng, duration_ms), override=False, yes=yes)
+        except PumpRefused as exc:
+            if exc.code is ErrorCode.OUT_OF_RANGE and exc.lo > duration_ms:
+                exc.args = (
+                    f"STAGE_PROGRAM refused: {calc.fmt_ug(dose_ng)} over {quantity(duration_ms, 'ms')} is faster than "
+                    f"the pump's fastest bolus: give --duration {quantity(exc.lo, 'ms')} or more",
+                )
+            raise
 
 
 # ---------------------------------------------------------------------- boluses
@@ -619,6 +677,8 @@ def bolus_group() -> None:
       pumprig bolus bridge --old-concentration-ug-per-ml 500
       pumprig bolus patient --dose-ug 25 --duration 5m --lockout 4h --max-per-day 3
       pumprig bolus patient --disable
+      pumprig bolus request             the patient's button (patient key)
+      pumprig bolus cancel              stop the running supplemental bolus
     """
 
 
@@ -756,6 +816,73 @@ def bolus_patient(
             expect_kind=StageKind.PATIENT_BOLUS_SETTINGS,
         )
         report_finished(link, "patient bolus settings", done)
+
+
+@bolus_group.command("request", context_settings=_CTX)
+@patient_link_options
+@handled
+def bolus_request(link: Link) -> None:
+    """The patient's bolus button: one bolus under the settings the clinician committed.
+
+    Opens a patient session (--role defaults to patient here). Prints the grant (dose,
+    duration, when the next may be granted, how many remain in 24 h), or the pump's refusal:
+    locked out (with the time to wait) or the daily maximum reached, exit code 4.
+
+    \b
+    Examples:
+      pumprig bolus request
+      pumprig bolus request --key-file pump-0042.keys --json
+    """
+    with connect(link) as prog:
+        before = prog.status()
+        try:
+            grant = prog.patient_bolus_request()
+        except PumpRefused as exc:
+            if exc.code is ErrorCode.NOT_SUPPORTED:
+                exc.args = (f"{exc}: patient boluses are off until a clinician sets them (pumprig bolus patient)",)
+            if link.as_json:
+                emit_json(
+                    {
+                        "granted": False,
+                        "refusal": exc.code.name if exc.code is not None else None,
+                        "retry_after_ms": exc.retry_after_ms or None,
+                        "max_per_24h": exc.hi if exc.code is ErrorCode.BOLUS_DAILY_MAX else None,
+                        "reason": exc.sentence,
+                    }
+                )
+            raise
+    wait_ms = max(0, grant.next_allowed_ms - before.uptime_ms)
+    if link.as_json:
+        emit_json({"granted": True, "grant": to_jsonable(grant), "next_allowed_in_ms": wait_ms})
+        return
+    click.echo(
+        f"patient bolus granted: {calc.fmt_ug(grant.dose_ng)} over {quantity(grant.duration_ms, 'ms')}; "
+        f"the next may be granted in {quantity(wait_ms, 'ms')}; {grant.remaining_24h} left in the present 24 h."
+    )
+
+
+@bolus_group.command("cancel", context_settings=_CTX)
+@link_options
+@handled
+def bolus_cancel(link: Link) -> None:
+    """Stop the running supplemental bolus (priming, bridge or patient); the basal program continues.
+
+    \b
+    Example:
+      pumprig bolus cancel
+    """
+    with connect(link) as prog:
+        running = prog.status().bolus_active
+        prog.cancel_bolus()
+        after = prog.status().bolus_active
+    if link.as_json:
+        emit_json({"was_running": running.name, "running": after.name})
+    elif running is BolusKind.NONE:
+        click.echo("bolus cancel: no bolus was running.")
+    else:
+        click.echo(
+            f"{running.name} bolus cancelled" + (f" ({after.name} still running)." if after != BolusKind.NONE else ".")
+        )
 
 
 # ---------------------------------------------------------------------- refill

@@ -74,7 +74,8 @@ from protocol_spec.enums import (
     Role,
 )
 from protocol_spec.fields import FieldRangeError
-from protocol_spec.framing import crc32
+from protocol_spec.framing import DELIMITER, crc32
+from protocol_spec.inspect import CaptureDecoder, describe
 from protocol_spec.security import TEST_KEY_SET, KeySet, RoleKey
 from protocol_spec.timing import LINK_BAUD, REPLY_TIMEOUT_MS, RETRIES
 
@@ -104,7 +105,7 @@ from .session import (
     judge_outcome,
 )
 
-__all__ = ["POLL_MS", "Programmer", "PublishedKeysWarning", "SerialPort", "link_error", "open_port"]
+__all__ = ["POLL_MS", "Programmer", "PublishedKeysWarning", "SerialPort", "TracingPort", "link_error", "open_port"]
 
 POLL_MS = 20
 """The port's read timeout: how often the deadlines of the session are looked at."""
@@ -133,6 +134,57 @@ class SerialPort(Protocol):
     def read(self, size: int = 1, /) -> bytes: ...
     def write(self, data: bytes, /) -> int | None: ...
     def close(self) -> None: ...
+
+
+class TracingPort:
+    """A port that annotates every frame it carries, both ways, in the order they pass.
+
+    Frames are decoded with ``protocol_spec.inspect``: the handshakes are followed with the
+    programmer's own key set, so the sealed frames of its sessions are shown opened. Received
+    bytes are held back to the last frame delimiter, so a frame split across reads is shown
+    once, whole, and never interleaved with a frame sent meanwhile.
+    """
+
+    def __init__(self, port: SerialPort, keys: KeySet, emit: Callable[[str], None]) -> None:
+        self._port = port
+        self._emit = emit
+        self._decoder = CaptureDecoder(keys)
+        self._pending = bytearray()
+
+    @property
+    def timeout(self) -> float | None:
+        return self._port.timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._port.timeout = value
+
+    @property
+    def in_waiting(self) -> int:
+        return self._port.in_waiting
+
+    def read(self, size: int = 1, /) -> bytes:
+        data = self._port.read(size)
+        if data:
+            self._pending += data
+            end = self._pending.rfind(DELIMITER)
+            if end >= 0:
+                whole = bytes(self._pending[: end + 1])
+                del self._pending[: end + 1]
+                self._show(whole)
+        return data
+
+    def write(self, data: bytes, /) -> int | None:
+        written = self._port.write(data)
+        self._show(data)
+        return written
+
+    def close(self) -> None:
+        self._port.close()
+
+    def _show(self, data: bytes) -> None:
+        for frame in self._decoder.feed(data):
+            self._emit(describe(frame))
 
 
 # ---------------------------------------------------------------------- opening a port
@@ -252,6 +304,7 @@ class Programmer:
         clock: Callable[[], int] | None = None,
         sleep: Callable[[float], None] | None = None,
         command_ids: Callable[[], int] = new_command_id,
+        trace: Callable[[str], None] | None = None,
     ) -> None:
         role_key = keys.for_role(role)
         if role_key is None:
@@ -264,7 +317,7 @@ class Programmer:
         self.url = url or getattr(port, "portstr", None) or "the port"
         self.reply_timeout_ms = reply_timeout_ms
         self.retries = retries
-        self._port = port
+        self._port: SerialPort = TracingPort(port, keys, trace) if trace is not None else port
         self._owns_port = owns_port
         self._clock = clock if clock is not None else _monotonic_ms
         self._sleep = sleep if sleep is not None else time.sleep
@@ -291,11 +344,13 @@ class Programmer:
         baudrate: int = LINK_BAUD,
         dtr: bool | None = None,
         rts: bool | None = None,
+        trace: Callable[[str], None] | None = None,
     ) -> Programmer:
         """Open ``url``, IDENTIFY the pump and open a session with the role's key.
 
         With ``keys`` None the published TEST key set is used, with a PublishedKeysWarning: it
-        works with emulators and test rigs only, and protects nothing.
+        works with emulators and test rigs only, and protects nothing. ``trace`` gets every frame
+        sent and received, annotated (``TracingPort``); ``dtr``/``rts``: see ``open_port``.
         """
         if keys is None:
             warnings.warn(
@@ -311,7 +366,14 @@ class Programmer:
         port = open_port(url, exclusive=exclusive, baudrate=baudrate, dtr=dtr, rts=rts)
         try:
             prog = cls(
-                port, keys=keys, role=role, reply_timeout_ms=timeout_ms, retries=retries, url=url, owns_port=True
+                port,
+                keys=keys,
+                role=role,
+                reply_timeout_ms=timeout_ms,
+                retries=retries,
+                url=url,
+                owns_port=True,
+                trace=trace,
             )
         except BaseException:
             port.close()

@@ -1,17 +1,14 @@
 """The clinician's programmer commands (``pumprig status|program|refill|...``) against ``pump://``.
 
 A ``state=`` file keeps one virtual pump across invocations, so a declined confirmation can be
-shown to change nothing. One test drives a served pty as a subprocess.
+shown to change nothing. The same workflows as processes against ``pumprig serve --pty``:
+tests/test_programmer_pty.py.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import select
-import subprocess
-import sys
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -20,13 +17,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from hil.cli import cli
-from programmer import UsageError, calc
+from programmer import UsageError, calc, client
 from programmer.client import Programmer
 from programmer.workflows import bridge_duration_ms, flex_program
 from protocol_spec import messages as m
 from protocol_spec.enums import DrugId
-
-START_S = 30.0
 
 
 def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
@@ -297,41 +292,85 @@ def test_link_errors_have_a_sentence_and_exit_3() -> None:
     assert "nope" in bad.stderr
 
 
-# ---------------------------------------------------------------------- a served pty, as a subprocess
+# ---------------------------------------------------------------------- the patient's commands
 
 
-def _pumprig() -> list[str]:
-    script = Path(sys.executable).with_name("pumprig")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from hil.cli import main; main()"]
+def test_patient_bolus_request_is_granted_then_locked_out(pump: str) -> None:
+    off = run("--url", pump, "bolus", "request")
+    assert off.exit_code == 4
+    assert "pumprig bolus patient" in off.stderr
+    assert as_json(run("--url", pump, "bolus", "patient", "--dose-ug", "25", "--duration", "5m", "--lockout", "4h",
+                       "--max-per-day", "2", "--yes", "--json"))["committed"]  # fmt: skip
+    granted = run("--url", pump, "bolus", "request")  # a patient session by default
+    assert granted.exit_code == 0, granted.stderr
+    assert "granted: 25 ug over 5 min" in granted.stdout
+    assert "next may be granted in 4 h" in granted.stdout
+    assert "1 left" in granted.stdout
+    locked = run("--url", pump, "bolus", "request", "--json")
+    assert locked.exit_code == 4
+    data = json.loads(locked.stdout)
+    assert data["granted"] is False
+    assert data["refusal"] == "BOLUS_LOCKOUT"
+    assert 0 < data["retry_after_ms"] <= 4 * 3_600_000
+    assert "locked out; the next patient bolus may be granted in" in locked.stderr
+    assert "Traceback" not in locked.stderr
+    wrong_role = run("--url", pump, "bolus", "request", "--role", "clinician")
+    assert wrong_role.exit_code == 4
+    assert "role" in wrong_role.stderr
 
 
-@pytest.fixture
-def served_pty(tmp_path: Path) -> Iterator[str]:
-    with (tmp_path / "serve.stderr").open("wb") as err:
-        proc = subprocess.Popen([*_pumprig(), "serve", "--pty"], stdout=subprocess.PIPE, stderr=err)
-        try:
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], START_S)
-            assert ready, (tmp_path / "serve.stderr").read_text()
-            url = proc.stdout.readline().decode().strip()
-            assert url, (tmp_path / "serve.stderr").read_text()
-            yield url
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            if proc.stdout is not None:
-                proc.stdout.close()
+def test_patient_bolus_daily_maximum_is_refused(pump: str) -> None:
+    assert as_json(run("--url", pump, "bolus", "patient", "--dose-ug", "25", "--duration", "5m", "--lockout", "1s",
+                       "--max-per-day", "1", "--yes", "--json"))["committed"]  # fmt: skip
+    assert "0 left in the present 24 h" in run("--url", pump, "bolus", "request").stdout
+    assert run("test", "--port", pump, "advance", "10m").exit_code == 0  # past the lockout, within 24 h
+    refused = run("--url", pump, "bolus", "request", "--json")
+    assert refused.exit_code == 4
+    assert json.loads(refused.stdout)["refusal"] == "BOLUS_DAILY_MAX"
+    assert "the maximum of 1 patient boluses in a rolling 24 h has been reached" in refused.stderr
 
 
-def test_status_json_over_a_served_pty(served_pty: str) -> None:
-    done = subprocess.run(
-        [*_pumprig(), "--url", served_pty, "status", "--json"], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    data = json.loads(done.stdout)
-    assert {"reservoir_estimate_nl", "alarms", "therapy", "battery"} <= set(data)
+def test_bolus_cancel(pump: str) -> None:
+    result = run("--url", pump, "bolus", "cancel")
+    assert result.exit_code == 0
+    assert "no bolus was running" in result.stdout
+    assert as_json(run("--url", pump, "bolus", "cancel", "--json")) == {"was_running": "NONE", "running": "NONE"}
+
+
+# ---------------------------------------------------------------------- --trace, --dtr, --rts
+
+
+def test_trace_annotates_every_frame_on_stderr_and_stdout_stays_json(pump: str) -> None:
+    result = run("--url", pump, "--trace", "status", "--json", "--role", "patient")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["therapy"]["mode"] == "CONTINUOUS"
+    trace = result.stderr
+    assert "#1 programmer -> pump IDENTIFY request [plaintext]" in trace
+    assert "SESSION_OPEN request [plaintext]" in trace
+    assert "keys derived (patient key 0x" in trace
+    assert "programmer -> pump STATUS request [secured]" in trace
+    assert "pump -> programmer STATUS reply [secured]" in trace
+    assert "reservoir_estimate_nl = 20000000 nL" in trace
+    assert "SESSION_CLOSE request [secured]" in trace
+    assert "REJECTED" not in trace
+    quiet = run("--url", pump, "status", "--json", "--role", "patient")
+    assert quiet.stderr == ""
+
+
+def test_dtr_and_rts_reach_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[bool | None, bool | None]] = []
+    original = client.open_port
+
+    def spy(url: str, **kw: Any) -> Any:
+        seen.append((kw.get("dtr"), kw.get("rts")))
+        return original(url, **kw)
+
+    monkeypatch.setattr(client, "open_port", spy)
+    assert run("status").exit_code == 0
+    assert run("--no-dtr", "--no-rts", "status").exit_code == 0
+    assert run("--no-dtr", "status", "--rts").exit_code == 0
+    assert run("status", "--dtr").exit_code == 0
+    assert seen == [(None, None), (False, False), (False, True), (True, None)]
+    help_text = run("status", "--help").stdout
+    assert "--dtr / --no-dtr" in help_text
+    assert "boards that reset on DTR" in help_text
