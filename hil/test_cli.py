@@ -71,7 +71,7 @@ class LinkError(Exception):
     """No reply, or a reply that makes no sense: the link or the target is at fault."""
 
 
-class Refused(LinkError):  # noqa: N818 - a refusal is the pump's answer, not a failure of ours
+class Refused(LinkError):
     """The pump answered with an error reply."""
 
     def __init__(self, msg_type: MsgType, reply: m.ErrorReply) -> None:

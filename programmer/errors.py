@@ -83,7 +83,7 @@ class LinkError(ProgrammerError):
         super().__init__(sentence + (f" ({os_reason})" if os_reason else ""))
 
 
-class PumpRefused(ProgrammerError):  # noqa: N818 - names what happened, as the issue spells it
+class PumpRefused(ProgrammerError):
     """The pump answered with an error reply: nothing it refused was carried out.
 
     ``authenticated`` is False for a plaintext error reply inside a session: anyone on the link
@@ -118,7 +118,7 @@ class PumpRefused(ProgrammerError):  # noqa: N818 - names what happened, as the 
         super().__init__(f"{what}{self.sentence}{forged}")
 
 
-class NoReply(ProgrammerError):  # noqa: N818 - names what happened, as the issue spells it
+class NoReply(ProgrammerError):
     """No reply after every retry, to a request that changes nothing (or to the handshake)."""
 
     exit_code = 5
@@ -132,7 +132,7 @@ class NoReply(ProgrammerError):  # noqa: N818 - names what happened, as the issu
         )
 
 
-class ReplyLost(ProgrammerError):  # noqa: N818 - names what happened, as the issue spells it
+class ReplyLost(ProgrammerError):
     """The pump lists the command as carried out (OK), but its stored reply could not be read."""
 
     exit_code = 5
@@ -149,7 +149,7 @@ class ReplyLost(ProgrammerError):  # noqa: N818 - names what happened, as the is
         )
 
 
-class UncertainOutcome(ProgrammerError):  # noqa: N818 - names what happened, as the issue spells it
+class UncertainOutcome(ProgrammerError):
     """A command with an effect got no reply and the pump's outcome list could not settle it."""
 
     exit_code = 6
@@ -164,7 +164,7 @@ class UncertainOutcome(ProgrammerError):  # noqa: N818 - names what happened, as
         )
 
 
-class KeyMismatch(ProgrammerError):  # noqa: N818 - names what happened, as the issue spells it
+class KeyMismatch(ProgrammerError):
     """The pump does not hold our key: UNKNOWN_KEY, or its key confirmation did not match."""
 
     exit_code = 7

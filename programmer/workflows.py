@@ -40,7 +40,7 @@ DEFAULT_DISCREPANCY_TOLERANCE_NL = 1_000_000
 Our choice, not a vendor's (DOMAIN.md: "less than expected suggests over-infusion")."""
 
 
-class StageMismatch(ProgrammerError):  # noqa: N818 - names what happened
+class StageMismatch(ProgrammerError):
     """The pump's StageReply does not describe what was asked: aborted, nothing applied."""
 
     exit_code = 3

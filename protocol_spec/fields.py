@@ -605,7 +605,7 @@ def from_container(cls: type[T], container: Mapping[str, Any], _path: str = "") 
 # --------------------------------------------------------------------------- the hot path: positional values
 
 
-class _NotFast(Exception):  # noqa: N818 (internal signal, not an error)
+class _NotFast(Exception):
     """Internal: a value the fast path does not take; the reference path decides (and raises)."""
 
 
