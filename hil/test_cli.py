@@ -1,18 +1,13 @@
 """``pumprig test``: the test role by hand - time, faults, the plant's true state, the step log.
 
-Also ``PumpLink``, the rig's small synchronous request/reply helper over any pyserial port:
-
-    port = serial.serial_for_url(url, timeout=0.5)
-    link = PumpLink(port)
-    link.open_session(TEST_KEY_SET.for_role(Role.TEST))
-    status = link.request(m.Status())
-    link.close_session()
-
-A request is sent, and sent again (a new counter, the same command id) if no reply echoing
-one of its counters arrives within ``protocol_spec.timing.REPLY_TIMEOUT_MS``, up to RETRIES
-more times; the pump's exactly-once rule makes the repeats of an effectful request safe.
-A refusal raises ``Refused`` with the wire error code. (Module and function names avoid
-pytest's ``test_*`` collection on purpose: this is a command, not a test module.)
+Each command talks to the pump through ``programmer.Programmer`` with the TEST role: requests
+are sent again on a missing reply (an effectful one under the same command id), and the outcome
+of an unanswered command is resolved from the pump's list of outcomes. A ``ProgrammerError``
+ends the command with its sentence (a refusal also names the wire error code) and the exit code
+every ``pumprig`` command uses for it (3 link, 4 refused, 5 no reply, 6 uncertain, 7 key);
+usage errors (a bad duration, a key set without a TEST key) end it with exit code 2. (Module and
+function names avoid pytest's ``test_*`` collection on purpose: this is a command, not a test
+module.)
 """
 
 from __future__ import annotations
@@ -20,185 +15,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import secrets
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import NoReturn
 
 import click
-import serial
-from serial.serialutil import SerialException
 
+from programmer.client import Programmer, open_port
+from programmer.errors import KeyMismatch, ProgrammerError, PumpRefused, exit_code_for
 from protocol_spec import messages as m
-from protocol_spec.catalog import CATALOG, request_type_of
-from protocol_spec.channel import Channel, client_finish, client_hello, new_command_id
-from protocol_spec.codec import DecodeError, Packet, decode_header
-from protocol_spec.enums import ErrorCode, FaultKind, MsgType, Role
-from protocol_spec.framing import Deframer
+from protocol_spec.enums import ErrorCode, FaultKind, Role
 from protocol_spec.jsonable import to_jsonable
-from protocol_spec.security import TEST_KEY_SET, KeyFileError, KeySet, RoleKey
-from protocol_spec.timing import REPLY_TIMEOUT_MS, RETRIES
+from protocol_spec.security import TEST_KEY_SET, KeyFileError, KeySet
+from protocol_spec.timing import REPLY_TIMEOUT_MS
 
 from . import urlhandler
 
-__all__ = ["LinkError", "PumpLink", "Refused", "SerialPort", "parse_duration_ms", "testrole_group"]
+__all__ = ["parse_duration_ms", "testrole_group"]
 
 _MS_PER_UNIT = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_POLL_S = 0.05
-"""The port's read timeout while a reply is awaited: the deadline is checked this often."""
-_IDLE_S = 0.005
-"""A read that returned early and empty (an in-process port with nothing queued) waits this long."""
-
-
-class SerialPort(Protocol):
-    """What PumpLink needs of a pyserial port (``serial.serial_for_url`` returns one)."""
-
-    @property
-    def timeout(self) -> float | None: ...
-    @timeout.setter
-    def timeout(self, value: float | None) -> None: ...
-    @property
-    def in_waiting(self) -> int: ...
-    def read(self, size: int = 1, /) -> bytes: ...
-    def write(self, data: bytes, /) -> int | None: ...
-
-
-class LinkError(Exception):
-    """No reply, or a reply that makes no sense: the link or the target is at fault."""
-
-
-class Refused(LinkError):
-    """The pump answered with an error reply."""
-
-    def __init__(self, msg_type: MsgType, reply: m.ErrorReply) -> None:
-        self.msg_type = msg_type
-        self.reply = reply
-        self.code = reply.code
-        detail = ""
-        if reply.field != 255:
-            detail += f" field {reply.field}"
-        if reply.lo or reply.hi:
-            detail += f" (allowed {reply.lo}..{reply.hi})"
-        if reply.retry_after_ms:
-            detail += f", retry after {reply.retry_after_ms} ms"
-        super().__init__(f"the pump refused {msg_type.name}: {reply.code.name}{detail}")
-
-
-class PumpLink:
-    """Requests and their replies over a pyserial port, one at a time."""
-
-    def __init__(self, port: SerialPort, *, reply_timeout_ms: int = REPLY_TIMEOUT_MS, retries: int = RETRIES) -> None:
-        self.port = port
-        self.reply_timeout_ms = reply_timeout_ms
-        self.retries = retries
-        self._deframer = Deframer()
-        self._plain = Channel(from_pump=False)
-        self._session: Channel | None = None
-        self.notifications: list[m.AlarmNotify] = []
-        """ALARM_NOTIFY messages received while waiting for replies, oldest first."""
-
-    @property
-    def in_session(self) -> bool:
-        return self._session is not None
-
-    def identify(self) -> m.IdentifyReply:
-        reply: m.IdentifyReply = self.request(m.Identify())
-        return reply
-
-    def open_session(self, role_key: RoleKey) -> None:
-        """The handshake: SESSION_OPEN, then the session keys from the pump's reply."""
-        hello = client_hello(role_key, secrets.token_bytes(m.NONCE_BYTES))
-        packet = self._exchange(hello)
-        keys = client_finish(role_key, hello, packet.header, packet.message)
-        if keys is None:
-            raise LinkError(
-                f"the pump's key confirmation does not match: it holds another {role_key.role.name} key "
-                f"under id 0x{role_key.key_id:08x}"
-            )
-        self._session = Channel(from_pump=False, keys=keys)
-
-    def close_session(self) -> None:
-        """SESSION_CLOSE, best effort: a pump that does not answer forgets the session by itself."""
-        if self._session is None:
-            return
-        try:
-            self._exchange(m.SessionClose(), retries=0)
-        except (LinkError, SerialException):
-            pass
-        finally:
-            self._session = None
-
-    def request(self, message: object) -> Any:
-        """Send a request and return the reply's payload; raise Refused or LinkError."""
-        return self._exchange(message).message
-
-    def _exchange(self, message: object, *, retries: int | None = None) -> Packet:
-        msg_type = request_type_of(message)
-        d = CATALOG[msg_type]
-        channel = self._plain if d.pre_session else self._session
-        if channel is None:
-            raise LinkError(f"{msg_type.name} needs a session: open_session() first")
-        command_id = new_command_id() if d.effectful else 0
-        counters: set[int] = set()
-        tries = 1 + (self.retries if retries is None else retries)
-        for _ in range(tries):
-            out = channel.request(message, command_id)
-            counters.add(out.header.counter)
-            self.port.write(out.data)
-            packet = self._await(msg_type, counters, time.monotonic() + self.reply_timeout_ms / 1000)
-            if packet is not None:
-                if packet.header.is_error:
-                    raise Refused(msg_type, packet.message)
-                return packet
-        raise LinkError(
-            f"no reply to {msg_type.name} after {tries} tries of {self.reply_timeout_ms} ms: "
-            "is the pump there, and is this its port?"
-        )
-
-    def _await(self, msg_type: MsgType, counters: set[int], deadline: float) -> Packet | None:
-        """The reply to one of ``counters`` (of ``msg_type``), or None at the deadline."""
-        saved = self.port.timeout
-        self.port.timeout = _POLL_S
-        try:
-            while time.monotonic() < deadline:
-                chunk = self.port.read(1)
-                if not chunk:
-                    if deadline - time.monotonic() > _IDLE_S:
-                        time.sleep(_IDLE_S)  # an in-process port returns at once when nothing is queued
-                    continue
-                waiting = self.port.in_waiting
-                if waiting:
-                    chunk += self.port.read(waiting)
-                for item in self._deframer.feed(chunk):
-                    if not isinstance(item, bytes):
-                        continue  # line noise: dropped, as the spec says
-                    packet = self._decode(item)
-                    if packet is None:
-                        continue
-                    if packet.header.echo_counter in counters and packet.header.msg_type == msg_type:
-                        return packet
-                    if isinstance(packet.message, m.AlarmNotify):
-                        self.notifications.append(packet.message)
-            return None
-        finally:
-            self.port.timeout = saved
-
-    def _decode(self, body: bytes) -> Packet | None:
-        header = decode_header(body)
-        if header is None or not header.from_pump:
-            return None
-        if header.secured:
-            session = self._session
-            if session is None or header.session_id != session.session_id:
-                return None  # another client's session
-            result = session.accept(body)
-        else:
-            result = self._plain.accept(body)
-        return None if isinstance(result, DecodeError) else result
 
 
 # ---------------------------------------------------------------------- the command
@@ -275,42 +113,57 @@ def testrole_group(ctx: click.Context, url: str | None, key_file: Path | None, t
     ctx.obj = _Target(url, key_file, timeout_ms)
 
 
+def _fail(message: str, cause: ProgrammerError) -> NoReturn:
+    """End the command: one line on stderr and the programmer's exit code for ``cause``."""
+    click.echo(f"Error: {message}", err=True)
+    raise click.exceptions.Exit(exit_code_for(cause)) from cause
+
+
+def _say(exc: ProgrammerError) -> str:
+    """The error's sentence; a refusal also names the wire error code (NOT_SUPPORTED, ...)."""
+    if isinstance(exc, PumpRefused) and exc.code is not None:
+        return f"{exc} [{exc.code.name}]"
+    return str(exc)
+
+
 @contextmanager
-def _test_session(target: _Target) -> Iterator[PumpLink]:
+def _test_session(target: _Target) -> Iterator[Programmer]:
     if target.url is None:
         raise click.UsageError("give the pump's URL: pumprig test --port URL ... (or set PUMPRIG_PORT)")
     keys = _keys(target.key_file)
-    role_key = keys.for_role(Role.TEST)
-    if role_key is None:
+    if keys.for_role(Role.TEST) is None:
         raise click.UsageError(f"{target.key_file} holds no TEST key: give the key set the pump was started with")
     urlhandler.register()
     try:
-        port = serial.serial_for_url(target.url, timeout=target.timeout_ms / 1000)
-    except (SerialException, ValueError) as exc:
-        raise click.ClickException(
-            f"cannot open {target.url}: {exc} (is `pumprig serve` running, and is this the URL it printed?)"
-        ) from exc
+        port = open_port(target.url)
+    except ProgrammerError as exc:
+        _fail(f"cannot open {target.url}: {exc} (is `pumprig serve` running, and is this the URL it printed?)", exc)
     try:
-        link = PumpLink(port, reply_timeout_ms=target.timeout_ms)
-        try:
-            link.open_session(role_key)
-        except Refused as exc:
-            if exc.code in (ErrorCode.UNKNOWN_KEY, ErrorCode.NOT_SUPPORTED):
-                raise click.ClickException(
-                    f"{exc}: the pump has no test role, or holds another TEST key "
-                    "(pumprig serve has the test role unless --no-test-role; give its --key-file here too)"
-                ) from exc
-            raise click.ClickException(str(exc)) from exc
-        except LinkError as exc:
-            raise click.ClickException(str(exc)) from exc
-        try:
-            yield link
-        except LinkError as exc:
-            raise click.ClickException(str(exc)) from exc
-        finally:
-            link.close_session()
-    finally:
+        prog = Programmer(
+            port, keys=keys, role=Role.TEST, reply_timeout_ms=target.timeout_ms, url=target.url, owns_port=True
+        )
+    except BaseException:
         port.close()
+        raise
+    try:
+        try:
+            prog.connect()
+        except (KeyMismatch, PumpRefused) as exc:
+            if exc.code in (ErrorCode.UNKNOWN_KEY, ErrorCode.NOT_SUPPORTED):
+                _fail(
+                    f"{_say(exc)}: the pump has no test role, or holds another TEST key "
+                    "(pumprig serve has the test role unless --no-test-role; give its --key-file here too)",
+                    exc,
+                )
+            _fail(_say(exc), exc)
+        except ProgrammerError as exc:
+            _fail(_say(exc), exc)
+        try:
+            yield prog
+        except ProgrammerError as exc:
+            _fail(_say(exc), exc)
+    finally:
+        prog.close()
 
 
 def _keys(key_file: Path | None) -> KeySet:
@@ -361,8 +214,8 @@ def advance_command(ctx: click.Context, duration: str, as_json: bool) -> None:
         delta_ms = parse_duration_ms(duration)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    with _test_session(_target(ctx)) as link:
-        _print_clock(link.request(m.AdvanceTime(delta_ms)), as_json)
+    with _test_session(_target(ctx)) as prog:
+        _print_clock(prog.advance_time(delta_ms), as_json)
 
 
 @testrole_group.command("hold")
@@ -370,8 +223,8 @@ def advance_command(ctx: click.Context, duration: str, as_json: bool) -> None:
 @click.pass_context
 def hold_command(ctx: click.Context, as_json: bool) -> None:
     """Freeze the pump's clock: from now only `advance` moves it."""
-    with _test_session(_target(ctx)) as link:
-        _print_clock(link.request(m.HoldClock(1)), as_json)
+    with _test_session(_target(ctx)) as prog:
+        _print_clock(prog.hold_clock(True), as_json)
 
 
 @testrole_group.command("release")
@@ -379,8 +232,8 @@ def hold_command(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def release_command(ctx: click.Context, as_json: bool) -> None:
     """Let the pump's clock run with real time again (from where it stands)."""
-    with _test_session(_target(ctx)) as link:
-        _print_clock(link.request(m.HoldClock(0)), as_json)
+    with _test_session(_target(ctx)) as prog:
+        _print_clock(prog.hold_clock(False), as_json)
 
 
 @testrole_group.command("fault")
@@ -400,8 +253,8 @@ def fault_command(ctx: click.Context, kind: str, param: int, as_json: bool) -> N
     power-cut            lose power mid-write (where the pump has non-volatile memory)
     """
     fault = _FAULTS[kind.lower()]
-    with _test_session(_target(ctx)) as link:
-        link.request(m.InjectFault(fault, param))
+    with _test_session(_target(ctx)) as prog:
+        prog.inject_fault(fault, param)
     if as_json:
         click.echo(json.dumps({"fault": fault.name, "param": param, "injected": True}))
     else:
@@ -413,8 +266,8 @@ def fault_command(ctx: click.Context, kind: str, param: int, as_json: bool) -> N
 @click.pass_context
 def plant_command(ctx: click.Context, as_json: bool) -> None:
     """Show the plant's true state, which the firmware itself cannot see."""
-    with _test_session(_target(ctx)) as link:
-        reply: m.PlantReply = link.request(m.ReadPlant())
+    with _test_session(_target(ctx)) as prog:
+        reply = prog.read_plant()
     if as_json:
         click.echo(json.dumps(to_jsonable(reply)))
         return
@@ -437,13 +290,13 @@ def plant_command(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def step_log_command(ctx: click.Context, first: int | None, count: int, as_json: bool) -> None:
     """Show when the motor's steps were taken (pump uptime), from the pump's step ring."""
-    with _test_session(_target(ctx)) as link:
-        probe: m.StepLogReply = link.request(m.ReadStepLog(first if first is not None else 0, 1))
+    with _test_session(_target(ctx)) as prog:
+        probe = prog.read_step_log(first if first is not None else 0, 1)
         start = max(probe.oldest_step, first if first is not None else probe.steps_total - count)
         times: list[int] = []
         index = start
         while len(times) < count and index < probe.steps_total:
-            page: m.StepLogReply = link.request(m.ReadStepLog(index, min(m.MAX_STEP_LOG_PAGE, count - len(times))))
+            page = prog.read_step_log(index, min(m.MAX_STEP_LOG_PAGE, count - len(times)))
             if not page.steps:
                 break
             if not times:

@@ -27,24 +27,22 @@ from firmware_model.config import PumpConfig
 from firmware_model.presets import PRESETS, ConfigError, configs_from_mapping, make_pump
 from hil.cli import cli
 from hil.serve_cli import parse_host_port
-from hil.test_cli import LinkError, PumpLink, Refused, parse_duration_ms
+from hil.test_cli import parse_duration_ms
 from hil.urlhandler.protocol_pump import parse_pump_url
+from programmer.client import Programmer
+from programmer.errors import KeyMismatch, NoReply
 from protocol_spec import messages as m
 from protocol_spec.channel import Channel
 from protocol_spec.enums import AlarmCode, AlarmSet, BatteryState, ErrorCode, Feature, Role, TherapyMode
-from protocol_spec.security import TEST_KEY_SET, KeySet, RoleKey, generate_key_set
+from protocol_spec.security import TEST_KEY_SET, KeySet, generate_key_set
 
 START_S = 30.0
 """Longest a server may take to print its URL (a loaded CI machine)."""
 
 
-def _role_key(keys: KeySet, role: Role) -> RoleKey:
-    key = keys.for_role(role)
-    assert key is not None
-    return key
-
-
-TEST_KEY = _role_key(TEST_KEY_SET, Role.TEST)
+def _test_role(port: serial.Serial, keys: KeySet = TEST_KEY_SET, **options: Any) -> Programmer:
+    """A TEST-role programmer on ``port`` (which stays the caller's to close); no I/O yet."""
+    return Programmer(port, keys=keys, role=Role.TEST, **options)
 
 
 def _pumprig() -> list[str]:
@@ -110,12 +108,9 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[sub
 
 
 def _status(url: str) -> m.StatusReply:
-    with opened(url) as port:
-        link = PumpLink(port)
-        link.open_session(TEST_KEY)
-        reply: m.StatusReply = link.request(m.Status())
-        link.close_session()
-        return reply
+    with opened(url) as port, _test_role(port) as prog:
+        prog.connect()
+        return prog.status()
 
 
 # ---------------------------------------------------------------------- served: pty and TCP
@@ -126,16 +121,14 @@ def test_served_pump_answers_identify_and_a_test_session(
 ) -> None:
     proc, url = server
     assert url.startswith(("/dev/pts/", "socket://127.0.0.1:"))
-    with opened(url) as port:
-        link = PumpLink(port)
-        ident = link.identify()
+    with opened(url) as port, _test_role(port) as prog:
+        ident = prog.identify()
         assert ident.features & Feature.TEST_ROLE
-        link.open_session(TEST_KEY)
-        status: m.StatusReply = link.request(m.Status())
+        prog.connect()
+        status = prog.status()
         assert status.mode is TherapyMode.CONTINUOUS
         assert status.alarms == AlarmSet(0)
         assert status.reservoir_estimate_nl == 20_000_000
-        link.close_session()
     assert proc.poll() is None
     assert "published TEST key set" in _stderr(tmp_path)
 
@@ -160,7 +153,7 @@ def test_signal_ends_the_server_with_exit_0(
 ) -> None:
     proc, url = server
     with opened(url) as port:
-        assert PumpLink(port).identify().protocol_version == 1
+        assert _test_role(port).identify().protocol_version == 1
         proc.send_signal(signum)
         assert proc.wait(timeout=5) == 0
 
@@ -179,7 +172,7 @@ def test_pty_client_that_never_reads_cannot_block_the_pump(tmp_path: Path) -> No
 
 def test_tcp_new_client_replaces_the_present_one(tmp_path: Path) -> None:
     with served(tmp_path, "--tcp", "127.0.0.1:0") as (proc, url), opened(url) as first:
-        assert PumpLink(first).identify().max_frame_bytes == 1024
+        assert _test_role(first).identify().max_frame_bytes == 1024
         assert _status(url).mode is TherapyMode.CONTINUOUS  # the second client is served at once
         assert "replaced by" in _stderr(tmp_path)
         assert proc.poll() is None
@@ -196,30 +189,29 @@ def test_serve_preset_config_keys_and_time_scale(tmp_path: Path) -> None:
     args = ["--tcp", "127.0.0.1:0", "--preset", "low-reservoir", "--config", str(config)]
     args += ["--key-file", str(key_file), "--time-scale", "1000"]
     with served(tmp_path, *args) as (_proc, url), opened(url) as port:
-        link = PumpLink(port)
-        with pytest.raises(Refused) as refused:
-            link.open_session(TEST_KEY)  # the published key is not this pump's
+        with pytest.raises(KeyMismatch) as refused:
+            _test_role(port).connect()  # the published key is not this pump's
         assert refused.value.code is ErrorCode.UNKNOWN_KEY
-        link.open_session(_role_key(keys, Role.TEST))
-        first: m.StatusReply = link.request(m.Status())
-        assert first.alarms & AlarmSet.LOW_RESERVOIR
-        ident: m.InterrogateReply = link.request(m.Interrogate())
-        assert ident.serial_number == "VP0000042"
-        plant: m.PlantReply = link.request(m.ReadPlant())
-        assert plant.stroke_error_nl_per_step == 5
-        time.sleep(0.3)
-        later: m.StatusReply = link.request(m.Status())
-        assert later.uptime_ms - first.uptime_ms >= 100_000  # 1000x real time
-        link.close_session()
+        with _test_role(port, keys) as prog:
+            prog.connect()
+            first = prog.status()
+            assert first.alarms & AlarmSet.LOW_RESERVOIR
+            ident = prog.interrogate()
+            assert ident.serial_number == "VP0000042"
+            plant = prog.read_plant()
+            assert plant.stroke_error_nl_per_step == 5
+            time.sleep(0.3)
+            later = prog.status()
+            assert later.uptime_ms - first.uptime_ms >= 100_000  # 1000x real time
     assert "published TEST key set" not in _stderr(tmp_path)
 
 
 def test_serve_no_test_role_refuses_test_sessions(tmp_path: Path) -> None:
     with served(tmp_path, "--pty", "--no-test-role") as (_proc, url), opened(url) as port:
-        link = PumpLink(port)
-        assert not link.identify().features & Feature.TEST_ROLE
-        with pytest.raises(Refused) as refused:
-            link.open_session(TEST_KEY)
+        prog = _test_role(port)
+        assert not prog.identify().features & Feature.TEST_ROLE
+        with pytest.raises(KeyMismatch) as refused:
+            prog.connect()
         assert refused.value.code is ErrorCode.UNKNOWN_KEY
 
 
@@ -257,15 +249,15 @@ def test_pump_url_low_reservoir_preset() -> None:
 
 def test_pump_url_virtual_time_moves_only_when_advanced() -> None:
     with opened("pump://?virtual=1&preset=default") as port:
-        link = PumpLink(port)
-        link.open_session(TEST_KEY)
-        assert link.request(m.Status()).uptime_ms == 0
-        clock: m.ClockReply = link.request(m.AdvanceTime(30 * 86_400_000))
+        prog = _test_role(port)
+        prog.connect()
+        assert prog.status().uptime_ms == 0
+        clock = prog.advance_time(30 * 86_400_000)
         assert clock.uptime_ms == 30 * 86_400_000
-        status: m.StatusReply = link.request(m.Status())
+        status = prog.status()
         assert status.uptime_ms == 30 * 86_400_000
         assert status.alarms & AlarmSet.LOW_RESERVOIR
-        assert [n.alarm for n in link.notifications] == [AlarmCode.LOW_RESERVOIR]
+        assert [n.alarm for n in prog.notifications] == [AlarmCode.LOW_RESERVOIR]
         assert port.read(10) == b""  # nothing else queued, and no wait for it
         assert port.in_waiting == 0
 
@@ -296,16 +288,16 @@ def test_pump_url_options_are_checked() -> None:
 
 def test_pump_url_without_test_role_refuses_test_sessions() -> None:
     with opened("pump://?test_role=0") as port:
-        with pytest.raises(Refused) as refused:
-            PumpLink(port).open_session(TEST_KEY)
+        with pytest.raises(KeyMismatch) as refused:
+            _test_role(port).connect()
         assert refused.value.code is ErrorCode.UNKNOWN_KEY
 
 
 def test_link_gives_up_when_nothing_answers() -> None:
     with opened("loop://", timeout=0.05) as port:
-        link = PumpLink(port, reply_timeout_ms=30, retries=1)
-        with pytest.raises(LinkError, match="no reply to IDENTIFY after 2 tries"):
-            link.identify()
+        prog = _test_role(port, reply_timeout_ms=30, retries=1)
+        with pytest.raises(NoReply, match="no reply to IDENTIFY after 2 attempts"):
+            prog.identify()
 
 
 # ---------------------------------------------------------------------- the commands' edges
@@ -317,16 +309,16 @@ def test_test_command_in_process_and_its_errors(tmp_path: Path) -> None:
     assert plant.exit_code == 0, plant.output
     assert json.loads(plant.output)["motor_stalled"] == 1
     cut = runner.invoke(cli, ["test", "--port", "pump://", "fault", "power-cut"])
-    assert cut.exit_code == 1
+    assert cut.exit_code == 4  # refused by the pump (pump:// without state has no memory to cut)
     assert "NOT_SUPPORTED" in cut.output
     bad = runner.invoke(cli, ["test", "--port", "pump://", "advance", "3 weeks"])
     assert bad.exit_code == 2
     assert "90d" in bad.output
     no_role = runner.invoke(cli, ["test", "--port", "pump://?test_role=0", "plant"])
-    assert no_role.exit_code == 1
+    assert no_role.exit_code == 7  # no TEST key on that pump
     assert "--no-test-role" in no_role.output
     missing = runner.invoke(cli, ["test", "--port", str(tmp_path / "no-such-tty"), "plant"])
-    assert missing.exit_code == 1
+    assert missing.exit_code == 3  # the link
     assert "cannot open" in missing.output
     patient_only = tmp_path / "patient.keys"
     patient_only.write_text(generate_key_set([Role.PATIENT]).to_json())

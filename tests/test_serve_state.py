@@ -1,7 +1,7 @@
 """``pumprig serve --pty --state FILE``: every mode through the protocol with the published
 test keys, then a restart, a power cut, a reset and memory corruption; the file's refusals.
 
-Every served pump is a subprocess on a real pty, driven through ``PumpLink``; every test ends
+Every served pump is a subprocess on a real pty, driven through ``programmer.Programmer``; every test ends
 its servers and closes its ports.
 """
 
@@ -26,7 +26,9 @@ from firmware_model.config import PumpConfig
 from firmware_model.device import DeviceConfig, nv_layout
 from firmware_model.nvm import COPY_OVERHEAD, boot
 from hil.cli import cli
-from hil.test_cli import PumpLink, Refused
+from programmer.client import Programmer
+from programmer.errors import PumpRefused
+from programmer.session import SessionState
 from protocol_spec import messages as m
 from protocol_spec.enums import (
     AlarmSet,
@@ -40,7 +42,7 @@ from protocol_spec.enums import (
     Role,
     TherapyMode,
 )
-from protocol_spec.security import TEST_KEY_SET, RoleKey
+from protocol_spec.security import TEST_KEY_SET
 
 START_S = 30.0
 """Longest a server may take to print its URL (a loaded CI machine)."""
@@ -64,12 +66,6 @@ FLEX = m.Program(
     (m.FlexStep(0, 0, 300_000), m.FlexStep(0, 8 * HOUR_MS, 200_000), m.FlexStep(0, 20 * HOUR_MS, 250_000)),
 )
 PATIENT_BOLUS = m.PatientBolusSettings(1, 25_000, 600_000, HOUR_MS, 4)
-
-
-def _key(role: Role) -> RoleKey:
-    key = TEST_KEY_SET.for_role(role)
-    assert key is not None
-    return key
 
 
 @pytest.fixture(autouse=True)
@@ -116,28 +112,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def session(url: str, role: Role) -> Iterator[PumpLink]:
+def session(url: str, role: Role) -> Iterator[Programmer]:
     """A session of ``role`` with the published test key, closed (best effort) at the end."""
-    port = serial.serial_for_url(url, timeout=0.5)
-    try:
-        link = PumpLink(port)
-        link.open_session(_key(role))
-        try:
-            yield link
-        finally:
-            link.close_session()
-    finally:
-        port.close()
+    with Programmer.open(url, keys=TEST_KEY_SET, role=role) as prog:
+        yield prog
 
 
-def _commit(link: PumpLink, stage: object) -> m.StageReply:
+def _commit(link: Programmer, stage: object) -> m.StageReply:
     staged: m.StageReply = link.request(stage)
     committed: m.CommitReply = link.request(m.Commit(staged.stage_token))
     assert committed.stage_token == staged.stage_token
     return staged
 
 
-def _log(link: PumpLink) -> list[m.LogEntry]:
+def _log(link: Programmer) -> list[m.LogEntry]:
     entries: list[m.LogEntry] = []
     first = 0
     while True:
@@ -148,7 +136,7 @@ def _log(link: PumpLink) -> list[m.LogEntry]:
         first = page.entries[-1].seq + 1
 
 
-def _estimate_at_boot(link: PumpLink) -> int:
+def _estimate_at_boot(link: Programmer) -> int:
     """The reservoir estimate the pump booted with (a TEST session): the estimate now plus the
     steps taken since the boot (the step ring starts empty at a boot), whatever time passed."""
     status: m.StatusReply = link.request(m.Status())
@@ -156,7 +144,7 @@ def _estimate_at_boot(link: PumpLink) -> int:
     return status.reservoir_estimate_nl + (steps.steps_total - steps.oldest_step) * STEP_NL
 
 
-def _check_mode(link: PumpLink, program: m.Program, rate_nl_per_day: int, bolus: BolusKind) -> None:
+def _check_mode(link: Programmer, program: m.Program, rate_nl_per_day: int, bolus: BolusKind) -> None:
     status: m.StatusReply = link.request(m.Status())
     assert (status.mode, status.rate_nl_per_day, status.bolus_active) == (program.mode, rate_nl_per_day, bolus)
     assert status.alarms == AlarmSet(0)
@@ -198,7 +186,7 @@ def _program_every_mode(url: str) -> None:
         assert (grant.dose_ng, grant.duration_ms, grant.remaining_24h) == (25_000, 600_000, 3)
         status: m.StatusReply = link.request(m.Status())
         assert (status.mode, status.bolus_active) == (TherapyMode.FLEX, BolusKind.PATIENT)
-        with pytest.raises(Refused) as refused:
+        with pytest.raises(PumpRefused) as refused:
             link.request(m.PatientBolusRequest())  # the lockout
         assert refused.value.code in (ErrorCode.BOLUS_LOCKOUT, ErrorCode.BUSY)
 
@@ -253,7 +241,7 @@ def test_every_mode_then_the_pump_survives_a_restart(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- (c)
 
 
-def _therapy(link: PumpLink) -> tuple[object, ...]:
+def _therapy(link: Programmer) -> tuple[object, ...]:
     i: m.InterrogateReply = link.request(m.Interrogate())
     program = link.request(m.ReadProgram(ProgramSlot.ACTIVE))
     return (program, i.mode, i.concentration_ug_per_ml, i.patient_bolus, i.alarms, i.last_refill_ms)
@@ -268,9 +256,10 @@ def _inject(url: str, fault: FaultKind, param: int = 0) -> tuple[int, int]:
         estimate = link.request(m.Status()).reservoir_estimate_nl
         boot_before = link.request(m.Interrogate()).boot_counter
         link.request(m.InjectFault(fault, param))  # acknowledged, then the pump reboots
-        with pytest.raises(Refused) as refused:
-            link.request(m.Status())
-        assert refused.value.code is ErrorCode.NO_SESSION
+        ended = link.session
+        link.request(m.Status())  # refused with NO_SESSION: the programmer opens a new session for it
+        assert ended.state is SessionState.LOST  # what NO_SESSION (and only that, here) does to it
+        assert link.session is not ended
     return estimate, boot_before
 
 
@@ -347,20 +336,18 @@ def test_pump_url_state_option(tmp_path: Path) -> None:
     try:
         with pytest.raises(serial.SerialException, match="in use"):
             serial.serial_for_url(url)
-        link = PumpLink(port)
-        link.open_session(_key(Role.CLINICIAN))
-        link.request(REFILL)
-        _commit(link, m.StageProgram(0, CONTINUOUS))
-        link.close_session()
+        with Programmer(port, keys=TEST_KEY_SET) as link:  # the CLINICIAN role
+            link.connect()
+            link.request(REFILL)
+            _commit(link, m.StageProgram(0, CONTINUOUS))
     finally:
         port.close()
     assert os.stat(state).st_size == LAYOUT.size
     port = serial.serial_for_url(url, timeout=0.2)
     try:
-        link = PumpLink(port)
-        link.open_session(_key(Role.CLINICIAN))
-        reply: m.InterrogateReply = link.request(m.Interrogate())
-        assert (reply.boot_counter, reply.mode, reply.concentration_ug_per_ml) == (2, TherapyMode.CONTINUOUS, 500)
-        link.close_session()
+        with Programmer(port, keys=TEST_KEY_SET) as link:
+            link.connect()
+            reply: m.InterrogateReply = link.request(m.Interrogate())
+            assert (reply.boot_counter, reply.mode, reply.concentration_ug_per_ml) == (2, TherapyMode.CONTINUOUS, 500)
     finally:
         port.close()
