@@ -13,7 +13,7 @@ from .demo import demo
 from .keys_cli import keys_group
 from .serve_cli import serve_command
 from .simulate_cli import simulate_command
-from .test_cli import testrole_group
+from .testrole_cli import testrole_group
 
 __all__ = ["cli", "main"]
 

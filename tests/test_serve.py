@@ -27,7 +27,7 @@ from firmware_model.config import PumpConfig
 from firmware_model.presets import PRESETS, ConfigError, configs_from_mapping, make_pump
 from hil.cli import cli
 from hil.serve_cli import parse_host_port
-from hil.test_cli import parse_duration_ms
+from hil.testrole_cli import parse_duration_ms
 from hil.urlhandler.protocol_pump import parse_pump_url
 from programmer.client import Programmer
 from programmer.errors import KeyMismatch, NoReply

@@ -5,9 +5,8 @@ are sent again on a missing reply (an effectful one under the same command id), 
 of an unanswered command is resolved from the pump's list of outcomes. A ``ProgrammerError``
 ends the command with its sentence (a refusal also names the wire error code) and the exit code
 every ``pumprig`` command uses for it (3 link, 4 refused, 5 no reply, 6 uncertain, 7 key);
-usage errors (a bad duration, a key set without a TEST key) end it with exit code 2. (Module and
-function names avoid pytest's ``test_*`` collection on purpose: this is a command, not a test
-module.)
+usage errors (a bad duration, a key set without a TEST key) end it with exit code 2. (No name
+here starts with ``test``: this is a command, not a test module.)
 """
 
 from __future__ import annotations
