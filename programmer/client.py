@@ -118,6 +118,10 @@ _RECORDED_KEPT = 64
 T = TypeVar("T")
 
 
+_ONE_FRAME_REFUSALS = frozenset({ErrorCode.REPLAYED_COUNTER, ErrorCode.BAD_TAG})
+"""Refusals of a frame, not of the command: the pump checked them before the command id."""
+
+
 class PublishedKeysWarning(UserWarning):
     """The programmer is using the published TEST keys, which protect nothing."""
 
@@ -582,8 +586,12 @@ class Programmer:
             self._recorded.append(command_id)
             return True, event.message
         if isinstance(event, Refused):
-            if event.authenticated:
+            if event.authenticated and event.error.code not in _ONE_FRAME_REFUSALS:
                 raise _refusal(event, message)
+            if event.authenticated:
+                # a refusal of one frame (a duplicate, a corrupted copy) says nothing of another
+                # attempt of the same command, which may have run: resolve it by command id
+                return False, None
             if event.error.code == ErrorCode.NO_SESSION:
                 self._session.mark_lost()
             return False, None  # a plaintext refusal may be forged: it proves nothing
