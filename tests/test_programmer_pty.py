@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-import select
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,41 +18,17 @@ from typing import Any
 import pytest
 
 from protocol_spec.security import generate_key_set
+from tests.serving import pumprig_command, served, stop_cleanly
 
-START_S = 30.0
 RUN_S = 60.0
-
-
-def _pumprig() -> list[str]:
-    script = Path(sys.executable).with_name("pumprig")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from hil.cli import main; main()"]
 
 
 def _serve(tmp: Path, *args: str) -> Iterator[str]:
     """Start ``pumprig serve --pty ARGS``, yield its URL; stop it and check it ended cleanly."""
-    err_path = tmp / "serve.stderr"
-    with err_path.open("wb") as err:
-        proc = subprocess.Popen([*_pumprig(), "serve", "--pty", *args], stdout=subprocess.PIPE, stderr=err)
-        try:
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], START_S)
-            assert ready, err_path.read_text()
-            url = proc.stdout.readline().decode().strip()
-            assert url.startswith("/dev/"), (url, err_path.read_text())
-            yield url
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                code = proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-                raise
-            finally:
-                if proc.stdout is not None:
-                    proc.stdout.close()
-    assert code == 0, err_path.read_text()
+    with served(tmp, "--pty", *args) as (proc, url):
+        assert url.startswith("/dev/"), url
+        yield url
+        stop_cleanly(proc, tmp)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +46,7 @@ def low_pty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def pumprig(url: str, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
     """``pumprig --url URL ARGS`` as a process: check its exit code and that no traceback escaped."""
     done = subprocess.run(
-        [*_pumprig(), "--url", url, *args], capture_output=True, text=True, timeout=RUN_S, check=False
+        [*pumprig_command(), "--url", url, *args], capture_output=True, text=True, timeout=RUN_S, check=False
     )
     assert done.returncode == code, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert "Traceback" not in done.stderr, done.stderr

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,19 +33,14 @@ from protocol_spec import messages as m
 from protocol_spec.channel import Channel
 from protocol_spec.enums import AlarmCode, AlarmSet, BatteryState, ErrorCode, Feature, Role, TherapyMode
 from protocol_spec.security import TEST_KEY_SET, KeySet, generate_key_set
+from tests.serving import served
 
-START_S = 30.0
 """Longest a server may take to print its URL (a loaded CI machine)."""
 
 
 def _test_role(port: serial.Serial, keys: KeySet = TEST_KEY_SET, **options: Any) -> Programmer:
     """A TEST-role programmer on ``port`` (which stays the caller's to close); no I/O yet."""
     return Programmer(port, keys=keys, role=Role.TEST, **options)
-
-
-def _pumprig() -> list[str]:
-    script = Path(sys.executable).with_name("pumprig")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from hil.cli import main; main()"]
 
 
 def _open_fds() -> set[int]:
@@ -64,26 +57,6 @@ def no_leaks() -> Iterator[None]:
     yield
     leaked = _open_fds() - before
     assert not leaked, f"file descriptors left open: {sorted(leaked)}"
-
-
-@contextmanager
-def served(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``pumprig serve ARGS`` as a subprocess; yields it and the URL of its first stdout line."""
-    with (tmp_path / "serve.stderr").open("wb") as err:
-        proc = subprocess.Popen([*_pumprig(), "serve", *args], stdout=subprocess.PIPE, stderr=err)
-        try:
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], START_S)
-            assert ready, f"no URL within {START_S} s: {(tmp_path / 'serve.stderr').read_text()}"
-            url = proc.stdout.readline().decode().strip()
-            assert url, f"server ended: {(tmp_path / 'serve.stderr').read_text()}"
-            yield proc, url
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-            if proc.stdout is not None:
-                proc.stdout.close()
 
 
 @contextmanager

@@ -8,13 +8,11 @@ its servers and closes its ports.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,8 +41,8 @@ from protocol_spec.enums import (
     TherapyMode,
 )
 from protocol_spec.security import TEST_KEY_SET
+from tests import serving
 
-START_S = 30.0
 """Longest a server may take to print its URL (a loaded CI machine)."""
 HOUR_MS = 3_600_000
 STEP_NL = PumpConfig().step_volume_nl
@@ -80,30 +78,9 @@ def no_leaks() -> Iterator[None]:
     assert not leaked, f"file descriptors left open: {sorted(leaked)}"
 
 
-def _pumprig() -> list[str]:
-    script = Path(sys.executable).with_name("pumprig")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from hil.cli import main; main()"]
-
-
-@contextmanager
-def served(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``pumprig serve --pty ARGS`` as a subprocess; yields it and its URL. Killed if still running."""
-    err_path = tmp_path / "serve.stderr"
-    with err_path.open("ab") as err:
-        proc = subprocess.Popen([*_pumprig(), "serve", "--pty", *args], stdout=subprocess.PIPE, stderr=err)
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], START_S)
-        assert ready, f"no URL within {START_S} s: {err_path.read_text()}"
-        url = proc.stdout.readline().decode().strip()
-        assert url, f"server ended: {err_path.read_text()}"
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+def served(tmp_path: Path, *args: str) -> AbstractContextManager[tuple[subprocess.Popen[bytes], str]]:
+    """``pumprig serve --pty ARGS`` (see tests.serving)."""
+    return serving.served(tmp_path, "--pty", *args)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
