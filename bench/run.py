@@ -26,8 +26,8 @@ from typing import Any
 from bench import simulate_bench
 from protocol_spec import messages as m
 from protocol_spec.codec import Header, decode_body, encode_packet, encode_payload
-from protocol_spec.enums import PROTOCOL_VERSION, AlarmSet, BatteryState, BolusKind, FrameFlags, MsgType, TherapyMode
-from protocol_spec.examples import HANDSHAKE, flex_13_steps
+from protocol_spec.enums import PROTOCOL_VERSION, FrameFlags, MsgType
+from protocol_spec.examples import EXAMPLE_REPLIES, HANDSHAKE, flex_13_steps
 from protocol_spec.fields import struct_of, whole_payload_parser
 from protocol_spec.framing import Deframer
 from protocol_spec.timing import BITS_PER_BYTE, LINK_BAUD
@@ -46,18 +46,7 @@ class Case:
 
 def _cases() -> list[Case]:
     keys = HANDSHAKE.keys
-    status = m.StatusReply(
-        uptime_ms=2_592_000_000,
-        wall_clock_ms=1_795_000_000_000,
-        mode=TherapyMode.CONTINUOUS,
-        rate_nl_per_day=600_000,
-        bolus_active=BolusKind.NONE,
-        reservoir_estimate_nl=2_100_000,
-        delivered_nl=17_900_000,
-        battery_state=BatteryState.OK,
-        alarms=AlarmSet(0),
-        staged=0,
-    )
+    status = EXAMPLE_REPLIES[MsgType.STATUS]  # the example of SPEC.md and the vectors
     reply_flags = FrameFlags.FROM_PUMP | FrameFlags.SECURED
     return [
         Case(
