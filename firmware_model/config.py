@@ -15,7 +15,9 @@ Defaults (pumprig's choices, not a vendor's figures; DOMAIN.md lists what is pub
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from protocol_spec.enums import DrugId
@@ -23,7 +25,7 @@ from protocol_spec.messages import Concentration, DrugLimits
 
 from .units import MS_PER_DAY, NG_PER_UG, NL_PER_ML
 
-__all__ = ["DEFAULT_LIMITS", "BatteryConfig", "PumpConfig"]
+__all__ = ["DEFAULT_LIMITS", "BatteryConfig", "PumpConfig", "load_toml"]
 
 DEFAULT_LIMITS = DrugLimits(
     drug=DrugId.BACLOFEN,
@@ -102,3 +104,13 @@ class PumpConfig:
     def dead_volume_nl(self) -> int:
         """Pump tubing plus catheter: what a priming bolus fills and a bridge bolus flushes."""
         return self.catheter_volume_nl + self.tubing_volume_nl
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a table; a ValueError naming the file if it cannot be read or parsed."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: {exc}") from exc

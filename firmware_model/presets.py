@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from protocol_spec.enums import AlarmCode, FaultKind
 from protocol_spec.security import KeySet
 
-from .config import BatteryConfig, PumpConfig
+from .config import BatteryConfig, PumpConfig, load_toml
 from .device import Device, DeviceConfig, nv_layout
 from .nvm import BootReport, NvStore, WriteHook
 from .pump import Plant, Pump
@@ -213,12 +212,7 @@ def configs_from_mapping(doc: Mapping[str, Any]) -> tuple[PumpConfig, DeviceConf
 
 def configs_from_toml(path: Path) -> tuple[PumpConfig, DeviceConfig]:
     """``configs_from_mapping`` of a TOML file; every problem is a ValueError naming the file."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    doc = load_toml(path)
     try:
         return configs_from_mapping(doc)
     except ValueError as exc:

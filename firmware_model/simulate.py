@@ -10,7 +10,6 @@ limits and impossible programs are refused with the pump's own error.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -20,7 +19,7 @@ from typing import Any
 from protocol_spec.enums import AlarmCode, LogEventKind, TherapyMode
 from protocol_spec.messages import FlexStep, Program
 
-from .config import PumpConfig
+from .config import PumpConfig, load_toml
 from .errors import PumpError
 from .pump import Pump
 from .units import MS_PER_DAY, MS_PER_HOUR, NG_PER_UG
@@ -213,11 +212,9 @@ def _clock(text: str) -> int:
 def spec_from_toml(path: Path) -> SimulationSpec:
     """Read a simulation from TOML (the format is in ``pumprig simulate --help``)."""
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: {exc}") from exc
+        doc = load_toml(path)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from exc
     try:
         conc = int(doc.get("concentration_ug_per_ml", 500))
         prog = doc["program"]
