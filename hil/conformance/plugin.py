@@ -25,7 +25,8 @@ with the reason), ``destructive`` (leaves the target unusable for therapy: runs 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,10 @@ from .dut import DeviceUnderTest
 from .requirements import PROFILES, Requirement, in_profile, load_requirements
 from .targets import Target, TargetError, feature_names, load_targets, parse_features, target_for_url
 
-__all__ = ["required_features", "requirement_ids", "test_name"]
+__all__ = ["FIGURES_KEY", "Figure", "required_features", "requirement_ids", "test_name"]
 
+FIGURES_KEY = pytest.StashKey[list["Figure"]]()
+"""Figures a test recorded with ``pump_figure`` (item stash)."""
 _TARGETS_KEY = pytest.StashKey[list[Target]]()
 _REQUIREMENTS_KEY = pytest.StashKey[dict[str, Requirement]]()
 
@@ -73,6 +76,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="keep only the tests of this conformance profile's requirements (core < board < full)",
     )
+
+
+class _Hooks:
+    @pytest.hookspec(firstresult=False)
+    def pytest_pumprig_connected(self, dut: DeviceUnderTest) -> None:
+        """A target was connected (``dut.identity`` holds its IDENTIFY reply)."""
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(_Hooks)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -177,6 +190,7 @@ def pump_connection(request: pytest.FixtureRequest) -> Iterator[DeviceUnderTest]
     if target is None:
         pytest.skip("no pump to test: give --pump-url URL or --pump-target NAME")
     dut = DeviceUnderTest.connect(target)
+    request.config.hook.pytest_pumprig_connected(dut=dut)
     try:
         yield dut
     finally:
@@ -196,6 +210,26 @@ def pump(request: pytest.FixtureRequest, pump_connection: DeviceUnderTest) -> De
         item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
     dut.reset()
     return dut
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A plot for the report: named series of (x, y) integer points."""
+
+    title: str
+    x_label: str
+    y_label: str
+    series: dict[str, list[tuple[int, int]]]
+
+
+@pytest.fixture
+def pump_figure(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``pump_figure(title, x_label, y_label, {"delivered": [(t_ms, nl), ...]})``: a plot for the report."""
+
+    def record(title: str, x_label: str, y_label: str, series: dict[str, list[tuple[int, int]]]) -> None:
+        request.node.stash.setdefault(FIGURES_KEY, []).append(Figure(title, x_label, y_label, series))
+
+    return record
 
 
 @pytest.fixture
