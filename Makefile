@@ -20,16 +20,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: the protocol (a session's frames, annotated), a pump's whole life simulated, then a
-## clinician's session on a virtual pump that keeps its memory in a file (refill, program, status)
+## demo: the protocol (a session's frames, annotated), a pump's whole life simulated, then the rig: the virtual pump served on a
+## pty, a clinician's session over it (interrogate, refill, program, bolus), and the full
+## conformance suite against it (summary, build/demo/junit.xml, build/demo/report.html)
 demo: $(STAMP)
 	$(BIN)/pumprig demo
 	$(BIN)/pumprig simulate --config examples/flex13.toml
-	@dir=$$(mktemp -d) && url="pump://?state=$$dir/pump.state" && set -x && \
-	$(BIN)/pumprig --url "$$url" refill --aspirated-ml 0 --added-ml 20 --concentration-ug-per-ml 500 \
-	    --needle-in-reservoir --aspiration-confirmed --yes && \
-	$(BIN)/pumprig --url "$$url" program continuous --dose-ug-per-day 300 --concentration-ug-per-ml 500 --yes && \
-	$(BIN)/pumprig --url "$$url" status; rc=$$?; rm -rf "$$dir"; exit $$rc
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/rig_demo.sh build/demo
 
 ## lint: ruff (lint and format check), mypy --strict, import-linter layer contracts
 lint: $(STAMP)

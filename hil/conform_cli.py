@@ -16,7 +16,15 @@ from programmer.errors import ProgrammerError
 from .conformance.dut import DeviceUnderTest
 from .conformance.report import group_summary, write_report
 from .conformance.requirements import PROFILES, RequirementError, load_requirements
-from .conformance.runner import RunResult, Selection, TestResult, collect_suite, dump_json, run_conformance
+from .conformance.runner import (
+    RunResult,
+    Selection,
+    TestResult,
+    collect_suite,
+    dump_json,
+    group_by_requirement,
+    run_conformance,
+)
 from .conformance.targets import Target, TargetError, feature_names, load_targets, target_for_url
 
 __all__ = ["conform_command"]
@@ -61,6 +69,11 @@ The same suite runs under pytest: pytest --pump-url URL --pump-profile core (plu
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Targets file (TOML; default: the shipped hil/conformance/targets.toml).",
 )
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The key set of the pumps given by --url (default: the published TEST keys).",
+)
 @click.option("--profile", type=click.Choice(PROFILES), default="core", show_default=True, help="Conformance profile.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML results here.")
 @click.option(
@@ -75,6 +88,7 @@ def conform_command(
     urls: tuple[str, ...],
     names: tuple[str, ...],
     targets_file: Path | None,
+    key_file: Path | None,
     profile: str,
     junit: Path | None,
     report_dir: Path | None,
@@ -89,14 +103,14 @@ def conform_command(
     Every test shows numbered requirements (hil/conformance/requirements/*.toml); the summary
     counts them per group, the report traces each to its tests and results.
     """
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if list_only:
         _list(profile, as_json)
         return
     if not urls and not names:
         urls = (DEFAULT_URL,)
         console.print(f"no --url or --target: testing the built-in virtual pump ({DEFAULT_URL})")
-    selection = Selection(urls=urls, names=names, targets_file=targets_file)
+    selection = Selection(urls=urls, names=names, targets_file=targets_file, key_file=key_file)
     targets = _resolve(selection)
     for target in targets:
         _preflight(target, console)
@@ -116,7 +130,7 @@ def conform_command(
 
 
 def _resolve(selection: Selection) -> list[Target]:
-    targets = [target_for_url(u) for u in selection.urls]
+    targets = [target_for_url(u, selection.key_file) for u in selection.urls]
     if selection.names:
         try:
             known = load_targets(selection.targets_file)
@@ -188,12 +202,13 @@ def _run(
 
 def _summary(result: RunResult, console: Console) -> None:
     table = Table(title=f"conformance, profile {result.profile}: requirements per group")
-    for column in ("group", "area", "reqs", "passed", "failed", "xfail", "skipped", "not run"):
-        table.add_column(column, justify="left" if column in ("group", "area") else "right")
+    for column in ("group", "reqs", "passed", "failed", "xfail", "skipped", "not run"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    table.add_column("area", no_wrap=True, overflow="ellipsis")
     for group, area, counts in group_summary(result):
         cells = [str(counts[k]) for k in ("passed", "failed", "xfailed", "skipped", "not run")]
         failed = counts["failed"] > 0
-        table.add_row(group, area, str(sum(counts.values())), *cells, style="red" if failed else None)
+        table.add_row(group, str(sum(counts.values())), *cells, area, style="red" if failed else None)
     console.print(table)
     for err in result.collection_errors:
         console.print(f"[red]suite error[/red]: {err}")
@@ -216,7 +231,7 @@ def _list(profile: str, as_json: bool) -> None:
         requirements = load_requirements()
     except RequirementError as exc:
         raise click.ClickException(str(exc)) from exc
-    tests = collect_suite()
+    tests = group_by_requirement(collect_suite())
     if as_json:
         import json  # noqa: PLC0415
 

@@ -39,7 +39,7 @@ from .dut import DeviceUnderTest
 from .requirements import PROFILES, Requirement, in_profile, load_requirements
 from .targets import Target, TargetError, feature_names, load_targets, parse_features, target_for_url
 
-__all__ = ["FIGURES_KEY", "Figure", "required_features", "requirement_ids", "test_name"]
+__all__ = ["FIGURES_KEY", "Figure", "item_name", "required_features", "requirement_ids"]
 
 FIGURES_KEY = pytest.StashKey[list["Figure"]]()
 """Figures a test recorded with ``pump_figure`` (item stash)."""
@@ -69,6 +69,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="FILE",
         default=None,
         help="the targets file (TOML; default: the shipped hil/conformance/targets.toml)",
+    )
+    group.addoption(
+        "--pump-key-file",
+        metavar="FILE",
+        default=None,
+        help="the key set of the pumps given by --pump-url (default: the published TEST keys)",
     )
     group.addoption(
         "--pump-profile",
@@ -105,7 +111,8 @@ def _targets(config: pytest.Config) -> list[Target]:
     urls: list[str] = config.getoption("--pump-url")
     names: list[str] = config.getoption("--pump-target")
     file: str | None = config.getoption("--pump-targets")
-    targets = [target_for_url(u) for u in urls]
+    key_file: str | None = config.getoption("--pump-key-file")
+    targets = [target_for_url(u, Path(key_file) if key_file else None) for u in urls]
     if names:
         known = load_targets(Path(file) if file else None)
         for name in names:
@@ -130,7 +137,7 @@ def required_features(item: pytest.Item) -> Feature:
     return features
 
 
-def test_name(item: pytest.Item) -> str:
+def item_name(item: pytest.Item) -> str:
     """``test_module.py::test_function``: how targets name a test in expected_failures."""
     func = getattr(item, "originalname", item.name)
     return f"{item.path.name}::{func}"
@@ -205,7 +212,7 @@ def pump(request: pytest.FixtureRequest, pump_connection: DeviceUnderTest) -> De
     missing = required_features(item) & ~dut.features
     if missing:
         pytest.skip(f"target {dut.target.name} lacks {', '.join(feature_names(missing))}")
-    reason = dut.target.expected_failure(test_name(item), requirement_ids(item))
+    reason = dut.target.expected_failure(item_name(item), requirement_ids(item))
     if reason is not None:
         item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
     dut.reset()

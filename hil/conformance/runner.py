@@ -26,7 +26,7 @@ from protocol_spec import __version__
 from protocol_spec.jsonable import to_jsonable
 
 from .dut import DeviceUnderTest
-from .plugin import FIGURES_KEY, Figure, requirement_ids, test_name
+from .plugin import FIGURES_KEY, Figure, item_name, requirement_ids
 from .requirements import Requirement, in_profile, load_requirements
 from .targets import Target, feature_names
 
@@ -39,12 +39,14 @@ __all__ = [
     "TestResult",
     "collect_suite",
     "dump_json",
+    "group_by_requirement",
     "run_conformance",
     "suite_dir",
 ]
 
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 _FAILING = frozenset({"failed", "error", "xpassed"})
+_STRICT_XPASS = "[XPASS(strict)]"
 
 
 def suite_dir() -> Path:
@@ -153,7 +155,7 @@ class _Collector:
             target = callspec.params.get("pump_connection") if callspec is not None else None
             self.results[item.nodeid] = TestResult(
                 nodeid=item.nodeid,
-                name=test_name(item),
+                name=item_name(item),
                 target=target.name if isinstance(target, Target) else "",
                 requirements=requirement_ids(item),
             )
@@ -165,7 +167,11 @@ class _Collector:
         result.duration_s += report.duration
         xfail_reason = getattr(report, "wasxfail", None)
         if report.when == "call" or (report.when == "setup" and not report.passed):
-            if xfail_reason is not None:
+            strict_xpass = report.failed and report.longreprtext.startswith(_STRICT_XPASS)
+            if strict_xpass:
+                result.outcome = "xpassed"
+                result.message = report.longreprtext.removeprefix(_STRICT_XPASS).strip()
+            elif xfail_reason is not None:
                 result.outcome = "xfailed" if report.skipped else "xpassed"
                 result.message = str(xfail_reason)
             elif report.skipped:
@@ -212,6 +218,8 @@ class Selection:
     urls: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     targets_file: Path | None = None
+    key_file: Path | None = None
+    """The key set of the ``urls`` (None: the published TEST keys)."""
 
 
 def pytest_args(
@@ -229,6 +237,8 @@ def pytest_args(
     args += ["-o", "junit_suite_name=pumprig-conformance", "-o", "junit_family=xunit1"]
     for url in selection.urls:
         args += ["--pump-url", url]
+    if selection.key_file is not None:
+        args += ["--pump-key-file", str(selection.key_file)]
     for name in selection.names:
         args += ["--pump-target", name]
     if selection.targets_file is not None:
@@ -282,17 +292,21 @@ def run_conformance(
     )
 
 
-def collect_suite() -> dict[str, list[str]]:
-    """Every test of the suite by the requirements it names, without a target: {id: [tests]}."""
+def collect_suite() -> dict[str, tuple[str, ...]]:
+    """Every test of the suite (``module.py::function``) and the requirements it names, without a target."""
     collector = _Collector(None)
     args = [str(suite_dir()), "-c", str(Path(__file__).with_name("pytest.ini")), "--rootdir", str(suite_dir())]
     code = pytest.main([*args, "-p", "no:cacheprovider", "-p", "no:terminal", "--collect-only"], plugins=[collector])
     if code not in (0, 5) or collector.collection_errors:
         raise RuntimeError("the suite does not collect: " + "; ".join(collector.collection_errors))
+    return {r.name: r.requirements for r in collector.results.values()}
+
+
+def group_by_requirement(tests: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
     by_requirement: dict[str, list[str]] = {}
-    for result in collector.results.values():
-        for req in result.requirements:
-            by_requirement.setdefault(req, []).append(result.name)
+    for name, requirements in tests.items():
+        for req in requirements:
+            by_requirement.setdefault(req, []).append(name)
     return by_requirement
 
 

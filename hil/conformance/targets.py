@@ -66,9 +66,9 @@ def parse_features(names: list[object], where: str) -> Feature:
     return result
 
 
-def target_for_url(url: str) -> Target:
+def target_for_url(url: str, key_file: Path | None = None) -> Target:
     """A bare URL as a target: named after it, every feature it announces."""
-    return Target(name=url, url=url, description="given by URL")
+    return Target(name=url, url=url, description="given by URL", key_file=key_file)
 
 
 def _shipped() -> str:
