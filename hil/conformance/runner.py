@@ -60,9 +60,10 @@ class TestResult:
     """``module.py::function``"""
     target: str
     requirements: tuple[str, ...]
-    outcome: str = "passed"
+    outcome: str = "error"
+    """Until pytest reports on it: a collected test that never ran fails the run."""
     duration_s: float = 0.0
-    message: str = ""
+    message: str = "did not run (the run was interrupted)"
     """The skip or xfail reason, or the failure's last line."""
     details: str = ""
     """The failure's full text."""
@@ -183,6 +184,7 @@ class _Collector:
                 result.message = _last_line(report.longreprtext)
             else:
                 result.outcome = "passed"
+                result.message = ""
         elif report.when == "teardown":
             if report.failed and result.outcome not in _FAILING:
                 result.outcome = "error"
