@@ -7,15 +7,19 @@ from __future__ import annotations
 import json
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
+from hil.conformance.dut import SUITE_DOSE_NG_PER_DAY, DeviceUnderTest, continuous
 from hil.conformance.requirements import PROFILES, RequirementError, load_requirements
 from hil.conformance.runner import collect_suite, group_by_requirement
-from hil.conformance.targets import Target, TargetError, load_targets
-from protocol_spec.enums import Feature
+from hil.conformance.targets import Target, TargetError, load_targets, target_for_url
+from hil.urlhandler import register
+from protocol_spec import messages as m
+from protocol_spec.enums import BolusKind, FaultKind, Feature, RefillConfirmation, TherapyMode
 
 from .serving import pumprig_command, served, stop_cleanly
 
@@ -183,3 +187,46 @@ def test_list_shows_every_requirement_with_its_tests() -> None:
     rows = json.loads(proc.stdout)
     assert {r["id"] for r in rows} == set(load_requirements())
     assert all(r["tests"] for r in rows)
+
+
+@pytest.fixture
+def dut() -> Iterator[DeviceUnderTest]:
+    register()
+    d = DeviceUnderTest.connect(target_for_url("pump://"))
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def _mess_up(d: DeviceUnderTest) -> None:
+    """Leave every kind of state a test can leave: another concentration, a stall, a staged
+    change, a running SINGLE_BOLUS, other limits and alarm settings."""
+    c = d.clinician
+    c.refill(
+        aspirated_volume_nl=0,
+        added_volume_nl=1_000_000,
+        drug=d.baseline.limits.drug,
+        concentration_ug_per_ml=2000,
+        catheter_volume_nl=d.baseline.catheter_volume_nl,
+        confirmations=RefillConfirmation.NEEDLE_IN_RESERVOIR | RefillConfirmation.ASPIRATION_CONFIRMED,
+    )
+    d.program(m.Program(TherapyMode.SINGLE_BOLUS, 2000, 0, 50_000, 3_600_000, 0, ()))
+    d.advance(60_000)
+    c.configure_alarms(low_reservoir_threshold_nl=900_000, critical_repeat_ms=1000, non_critical_repeat_ms=1000)
+    d.test.inject_fault(FaultKind.MOTOR_STALL)
+    c.stage_program(m.Program(TherapyMode.STOPPED, 0, 0, 0, 0, 0, ()))
+
+
+def test_reset_reaches_the_known_state_from_any_mess(dut: DeviceUnderTest) -> None:
+    _mess_up(dut)
+    assert dut.clinician.status().alarms != 0
+    dut.reset()
+    s = dut.clinician.status()
+    assert (s.mode, s.bolus_active, s.staged, s.alarms) == (TherapyMode.CONTINUOUS, BolusKind.NONE, 0, 0)
+    assert s.reservoir_estimate_nl == dut.baseline.reservoir_capacity_nl
+    assert dut.clinician.read_program() == continuous(SUITE_DOSE_NG_PER_DAY)
+    assert dut.clinician.read_limits() == dut.baseline.limits
+    assert dut.clinician.interrogate().low_reservoir_threshold_nl == dut.baseline.low_reservoir_threshold_nl
+    held = dut.clinician.status().uptime_ms
+    assert dut.clinician.status().uptime_ms == held, "the reset holds the clock"

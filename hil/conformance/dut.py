@@ -241,7 +241,9 @@ class DeviceUnderTest:
             self.test.inject_fault(FaultKind.MOTOR_STALL_CLEAR)
         if status.staged:
             c.abort()
-        if status.bolus_active is not BolusKind.NONE:
+        if status.bolus_active is BolusKind.SINGLE:  # a SINGLE_BOLUS program: CANCEL_BOLUS cannot stop it
+            self.program(m.Program(TherapyMode.STOPPED, 0, 0, 0, 0, 0, ()))
+        elif status.bolus_active is not BolusKind.NONE:
             c.cancel_bolus()
         b = self.baseline
         c.set_limits(b.limits)
@@ -265,7 +267,8 @@ class DeviceUnderTest:
         left = AlarmSet(c.status().alarms) & ~AlarmSet.ERI
         if left:
             raise TargetUnusable(f"target {self.target.name} still has alarms after a reset: {left!r}")
-        c.notifications.clear()
+        for prog in self._programmers.values():
+            prog.notifications.clear()
 
     def program(self, program: m.Program, *, override_soft_limits: bool = False) -> m.CommitReply:
         """Stage and commit a basal program (both steps), as a clinician."""
