@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,9 +102,9 @@ def _conform(*args: str, timeout: float = CONFORM_TIMEOUT_S) -> subprocess.Compl
     )
 
 
-def _check_full_run(proc: subprocess.CompletedProcess[str], junit: Path, report: Path) -> dict[str, object]:
+def _check_full_run(proc: subprocess.CompletedProcess[str], junit: Path, report: Path) -> dict[str, Any]:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    result = json.loads(proc.stdout)
+    result: dict[str, Any] = json.loads(proc.stdout)
     assert result["ok"] is True
     counts = result["counts"]
     assert counts["failed"] == counts["error"] == counts["xpassed"] == 0
