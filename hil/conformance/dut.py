@@ -216,7 +216,12 @@ class DeviceUnderTest:
         return self.programmer(Role.TEST)
 
     def advance(self, delta_ms: int) -> m.ClockReply:
-        """Move the pump's clock ``delta_ms`` forward (test role, virtual time)."""
+        """Move the pump's clock ``delta_ms`` forward (test role, virtual time).
+
+        Sessions idle for longer than the pump's session timeout end on the pump: a programmer of
+        another role reopens its session by itself on a request without effect (STATUS), while a
+        command with effect in a dead session ends in UncertainOutcome for a role that cannot
+        read the outcomes (the patient). Call ``status()`` on it first."""
         return self.test.advance_time(delta_ms)
 
     def now_ms(self) -> int:
@@ -228,7 +233,10 @@ class DeviceUnderTest:
         """Bring the target to the known state (module docstring); TargetUnusable if it cannot be."""
         c = self.clinician
         self.raw.drain()
-        c.notifications.clear()
+        # A session the pump ended (a previous test advanced its clock past the session timeout)
+        # is opened again by a request without effect, before any command with one.
+        for prog in self._programmers.values():
+            prog.status()
         if self.has(Feature.TEST_ROLE):
             self.test.hold_clock(True)
         status = c.status()
