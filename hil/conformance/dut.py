@@ -190,6 +190,7 @@ class DeviceUnderTest:
     @contextlib.contextmanager
     def programmer_on(self, port: SerialPort, role: Role = Role.CLINICIAN, **options: object) -> Iterator[Programmer]:
         """A programmer on a wrapper of the shared port (a fault-injecting link), closed after."""
+        timeout = self._port.timeout
         prog = Programmer(port, keys=self.keys, role=role, url=self.target.url, **options)  # type: ignore[arg-type]
         try:
             prog.connect()
@@ -197,6 +198,7 @@ class DeviceUnderTest:
         finally:
             with contextlib.suppress(ProgrammerError, OSError):
                 prog.close()
+            self._port.timeout = timeout  # a wrapper (FaultyLink) may have changed it
 
     @property
     def port(self) -> SerialPort:
