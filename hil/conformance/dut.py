@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from programmer.client import Programmer, PublishedKeysWarning, SerialPort, open_port
 from programmer.errors import ProgrammerError, PumpRefused
 from protocol_spec import messages as m
+from protocol_spec.channel import new_command_id
 from protocol_spec.enums import (
     AlarmSet,
     BatteryState,
@@ -52,6 +53,7 @@ __all__ = [
     "SUITE_CONCENTRATION_UG_PER_ML",
     "SUITE_DOSE_NG_PER_DAY",
     "Baseline",
+    "CommandIds",
     "DeviceUnderTest",
     "RawLink",
     "Refusal",
@@ -118,6 +120,34 @@ class RawLink:
     @staticmethod
     def frame(body_with_crc: bytes) -> bytes:
         return body_with_crc + DELIMITER
+
+
+class CommandIds:
+    """A programmer's source of command ids: fresh random ones, or one chosen id (``reusing``).
+
+    Every id handed out is kept in ``issued``, in order."""
+
+    def __init__(self) -> None:
+        self.chosen: int | None = None
+        self.issued: list[int] = []
+
+    def __call__(self) -> int:
+        command_id = self.chosen if self.chosen is not None else new_command_id()
+        self.issued.append(command_id)
+        return command_id
+
+    @property
+    def last(self) -> int:
+        return self.issued[-1]
+
+    @contextlib.contextmanager
+    def reusing(self, command_id: int) -> Iterator[None]:
+        """Every command sent inside the block carries ``command_id``."""
+        self.chosen = command_id
+        try:
+            yield
+        finally:
+            self.chosen = None
 
 
 class DeviceUnderTest:
@@ -217,6 +247,16 @@ class DeviceUnderTest:
         """The test role's programmer (callers declare ``requires("test_role")``)."""
         return self.programmer(Role.TEST)
 
+    def refresh_sessions(self) -> None:
+        """Let the suite's programmers find out now whether the pump ended their sessions.
+
+        A session ends on the pump after its timeout (a test that advanced the clock) or when a
+        pump that holds a few sessions opens another; a request without effect (STATUS) opens it
+        again, where a command with effect sent into it could not always be settled (once 8
+        newer commands fill the pump's outcomes). The reset calls this first."""
+        for prog in self._programmers.values():
+            prog.status()
+
     def advance(self, delta_ms: int) -> m.ClockReply:
         """Move the pump's clock ``delta_ms`` forward (test role, virtual time).
 
@@ -235,10 +275,7 @@ class DeviceUnderTest:
         """Bring the target to the known state (module docstring); TargetUnusable if it cannot be."""
         c = self.clinician
         self.raw.drain()
-        # A session the pump ended (a previous test advanced its clock past the session timeout)
-        # is opened again by a request without effect, before any command with one.
-        for prog in self._programmers.values():
-            prog.status()
+        self.refresh_sessions()
         if self.has(Feature.TEST_ROLE):
             self.test.hold_clock(True)
         status = c.status()

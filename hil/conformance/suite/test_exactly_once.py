@@ -14,15 +14,13 @@ from collections.abc import Iterator
 import pytest
 
 from hil.conformance import SUITE_CONCENTRATION_UG_PER_ML, SUITE_DOSE_NG_PER_DAY, DeviceUnderTest, continuous, refused
-from hil.conformance.dut import SUITE_ALARM_REPEATS_MS
+from hil.conformance.dut import SUITE_ALARM_REPEATS_MS, CommandIds
 from programmer.client import Programmer, SerialPort
 from programmer.errors import ProgrammerError
 from protocol_spec import messages as m
-from protocol_spec.channel import new_command_id
 from protocol_spec.enums import (
     BolusKind,
     ErrorCode,
-    Feature,
     LogEventKind,
     MsgType,
     ProgramSlot,
@@ -35,34 +33,6 @@ OTHER_DOSE_NG_PER_DAY = SUITE_DOSE_NG_PER_DAY * 9 // 10
 CONFIRMED = RefillConfirmation.NEEDLE_IN_RESERVOIR | RefillConfirmation.ASPIRATION_CONFIRMED
 
 
-class CommandIds:
-    """A programmer's source of command ids: fresh random ones, or one chosen id (``reusing``).
-
-    Every id handed out is kept in ``issued``, in order."""
-
-    def __init__(self) -> None:
-        self.chosen: int | None = None
-        self.issued: list[int] = []
-
-    def __call__(self) -> int:
-        command_id = self.chosen if self.chosen is not None else new_command_id()
-        self.issued.append(command_id)
-        return command_id
-
-    @property
-    def last(self) -> int:
-        return self.issued[-1]
-
-    @contextlib.contextmanager
-    def reusing(self, command_id: int) -> Iterator[None]:
-        """Every command sent inside the block carries ``command_id``."""
-        self.chosen = command_id
-        try:
-            yield
-        finally:
-            self.chosen = None
-
-
 @contextlib.contextmanager
 def clinician_with(pump: DeviceUnderTest, ids: CommandIds, role: Role = Role.CLINICIAN) -> Iterator[Programmer]:
     """A programmer with a session of its own whose command ids come from ``ids``; closed after."""
@@ -72,18 +42,6 @@ def clinician_with(pump: DeviceUnderTest, ids: CommandIds, role: Role = Role.CLI
     finally:
         with contextlib.suppress(ProgrammerError, OSError):
             prog.close()
-
-
-def refresh_sessions(pump: DeviceUnderTest) -> None:
-    """Let the suite's own programmers find out now if the pump ended their sessions.
-
-    A pump holds a few sessions and ends the oldest when another opens; a test that leaves
-    sessions behind (a programmer that gave up on a link and opened a new session) can end the
-    suite's. A request with no effect opens a lost session again; a command sent into a session
-    that is gone could not be settled once 8 newer commands fill the pump's outcomes."""
-    pump.clinician.status()
-    if pump.has(Feature.TEST_ROLE):
-        pump.test.status()
 
 
 def refill_of(pump: DeviceUnderTest, added_volume_nl: int) -> m.Refill:

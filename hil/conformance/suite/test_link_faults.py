@@ -18,14 +18,13 @@ from typing import TypeVar
 import pytest
 
 from hil.conformance import SUITE_CONCENTRATION_UG_PER_ML, SUITE_DOSE_NG_PER_DAY, DeviceUnderTest, continuous
+from hil.conformance.dut import CommandIds
 from hil.faults import Fault, FaultyLink
 from programmer.client import Programmer
 from programmer.errors import ProgrammerError, PumpRefused
 from protocol_spec import messages as m
 from protocol_spec import timing
 from protocol_spec.enums import ErrorCode, LogEventKind, MsgType, ProgramSlot, RefillConfirmation
-
-from .test_exactly_once import CommandIds, refresh_sessions
 
 T = TypeVar("T")
 
@@ -57,7 +56,7 @@ def faulty_programmer(
     finally:
         pump.port.timeout = timeout
         pump.raw.drain()
-        refresh_sessions(pump)
+        pump.refresh_sessions()
 
 
 def carried_out(ids: CommandIds, send: Callable[[], T]) -> T:
