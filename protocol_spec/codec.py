@@ -26,6 +26,7 @@ from .fields import (
     parse_values,
     struct_of,
     to_values,
+    truncated_field,
     u8,
     u32,
     u64,
@@ -157,6 +158,9 @@ def decode_payload(cls: type[Any], payload: bytes, header: Header | None = None)
     except TruncatedError as exc:
         return DecodeError(ErrorCode.MALFORMED, f"{cls.__name__}: {exc}", header)
     except FieldRangeError as exc:
+        short = truncated_field(cls, values)
+        if short is not None:  # a payload cut short is MALFORMED (step 9) before any range (step 10)
+            return DecodeError(ErrorCode.MALFORMED, f"{cls.__name__}: {short} is cut short", header)
         return DecodeError(ErrorCode.OUT_OF_RANGE, str(exc), header, _top_field_index(cls, exc.field), exc.lo, exc.hi)
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "text",
     "to_container",
     "to_values",
+    "truncated_field",
     "u8",
     "u16",
     "u32",
@@ -835,6 +836,30 @@ def from_values(cls: type[T], values: Sequence[Any]) -> T:
     except _NotFast:
         return from_container(cls, values_to_container(cls, values))
     return result
+
+
+def truncated_field(cls: type[Any], values: Sequence[Any], _path: str = "") -> str | None:
+    """The first raw or text field that a short payload left short (construct's compiled
+    ``Bytes`` returns a short read at the end of the data instead of raising), or None.
+
+    Decoding checks ranges field by field; a payload cut short is MALFORMED whatever the values
+    before the cut, so the codec asks this before reporting a value out of range."""
+    for info, value in zip(field_infos(cls), values, strict=False):
+        path = f"{_path}{info.name}"
+        if info.kind in ("raw", "text") and len(value) != info.width_bytes:
+            return path
+        if info.kind == "struct":
+            assert info.item is not None
+            found = truncated_field(info.item, value, f"{path}.")
+            if found is not None:
+                return found
+        elif info.kind == "array":
+            assert info.item is not None
+            for i, item in enumerate(value):
+                found = truncated_field(info.item, item, f"{path}[{i}].")
+                if found is not None:
+                    return found
+    return None
 
 
 def values_to_container(cls: type[Any], values: Sequence[Any]) -> dict[str, Any]:

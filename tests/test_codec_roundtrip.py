@@ -530,6 +530,22 @@ def test_truncated_raw_field_is_not_accepted() -> None:
         assert result.code is ErrorCode.MALFORMED
 
 
+def test_a_payload_cut_short_is_malformed_before_any_value_is_judged() -> None:
+    """SPEC.md "Receiving a frame": the length check (MALFORMED) comes before the ranges
+    (OUT_OF_RANGE). A cut SESSION_OPEN whose role is also out of range is MALFORMED; found by
+    the conformance suite (test_errors.py)."""
+    from protocol_spec.messages import SessionOpen
+
+    payload = bytes([0]) + encode_payload(SessionOpen(Role.CLINICIAN, 7, bytes(range(16))))[1:]
+    for cut in range(6, len(payload)):
+        result = decode_payload(SessionOpen, payload[:cut])
+        assert isinstance(result, DecodeError)
+        assert result.code is ErrorCode.MALFORMED, f"cut at {cut}: {result}"
+    whole = decode_payload(SessionOpen, payload)
+    assert isinstance(whole, DecodeError)
+    assert (whole.code, whole.field) == (ErrorCode.OUT_OF_RANGE, 0), "whole, the bad role is what is wrong"
+
+
 @pytest.mark.parametrize("secured", [False, True], ids=["plaintext", "secured"])
 def test_trailing_byte_in_a_frame_is_malformed(secured: bool) -> None:
     flags = FrameFlags.FROM_PUMP | (FrameFlags.SECURED if secured else FrameFlags(0))
