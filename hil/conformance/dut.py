@@ -4,7 +4,7 @@
     dut.reset()                         # the known state (below), through the protocol alone
     dut.clinician.status()              # programmers of each role share the one port
     dut.advance(3_600_000)              # TEST_ADVANCE_TIME (needs Feature.VIRTUAL_TIME)
-    dut.raw.send(frame); dut.raw.frames()   # bytes, for framing tests
+    dut.raw.send(frame)                 # bytes (hil.conformance.raw builds and reads frames)
 
 Every programmer opens its own session on the one port the target was opened with, so the suite
 talks to one pump whether the URL is a device, a socket or ``pump://`` (which makes a new pump at
@@ -23,7 +23,6 @@ advance time past them first.
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ from protocol_spec.enums import (
     Role,
     TherapyMode,
 )
-from protocol_spec.framing import DELIMITER, Deframer, FramingError
 from protocol_spec.security import TEST_KEY_SET, KeySet
 
 from .targets import Target, TargetError, feature_names
@@ -68,8 +66,6 @@ SUITE_DOSE_NG_PER_DAY = 100_000
 """The known state's continuous dose: 100 ug/day (200 uL/day at 500 ug/mL)."""
 SUITE_ALARM_REPEATS_MS = (600_000, 3_600_000)
 """Repeat intervals of critical and non-critical alarm tones in the known state."""
-RAW_QUIET_MS = 150
-"""How long ``RawLink.frames`` waits for more once nothing arrives."""
 
 
 class TargetUnusable(RuntimeError):
@@ -96,30 +92,10 @@ class RawLink:
     def send(self, data: bytes) -> None:
         self._port.write(data)
 
-    def frames(self, *, want: int = 1, timeout_ms: int = 1000) -> list[bytes | FramingError]:
-        """Frame bodies (CRC checked) received until ``want`` of them arrived, or until nothing more
-        came for ``RAW_QUIET_MS`` after the first, or ``timeout_ms`` passed."""
-        deframer = Deframer()
-        got: list[bytes | FramingError] = []
-        start = last = time.monotonic()
-        while len(got) < want:
-            now = time.monotonic()
-            if now - start > timeout_ms / 1000 or (got and now - last > RAW_QUIET_MS / 1000):
-                break
-            chunk = self._port.read(self._port.in_waiting or 1)
-            if chunk:
-                last = time.monotonic()
-                got.extend(deframer.feed(chunk))
-        return got
-
     def drain(self) -> None:
         """Discard whatever is waiting (notifications for sessions of other tests)."""
         while self._port.in_waiting:
             self._port.read(self._port.in_waiting)
-
-    @staticmethod
-    def frame(body_with_crc: bytes) -> bytes:
-        return body_with_crc + DELIMITER
 
 
 class CommandIds:

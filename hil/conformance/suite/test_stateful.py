@@ -4,8 +4,9 @@ Hypothesis drives the target through stage (continuous programs within the drug 
 STOPPED, MINIMUM_RATE), commit with the right or a wrong token, abort, refill and advances of
 the held clock, and after every step compares what the target shows (STATUS, READ_PROGRAM) with
 ``hil.conformance.oracle``, a model written from SPEC.md alone. Each example starts from the
-known state (``pump.reset()``). The examples are derandomized: a run is reproducible, and a
-failure names the sequence that shows it.
+known state (``pump.reset()``). The examples follow the run's hypothesis seed (``pumprig conform
+--seed N``, stamped in the report): a run is reproducible, and a failure names the sequence that
+shows it.
 """
 
 from __future__ import annotations
@@ -200,7 +201,6 @@ def test_programming_and_delivery_agree_with_the_oracle(pump: DeviceUnderTest) -
                 max_examples=EXAMPLES,
                 stateful_step_count=STEPS,
                 deadline=None,
-                derandomize=True,
                 database=None,
                 suppress_health_check=[HealthCheck.too_slow],
             ),
