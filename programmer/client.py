@@ -269,7 +269,9 @@ def open_port(
     port.rtscts = False
     port.dsrdtr = False
     port.timeout = POLL_MS / 1000
-    port.write_timeout = 5.0
+    if not url.lower().startswith("rfc2217://"):
+        # pyserial's RFC 2217 client refuses write_timeout at open(); its socket has a 5 s timeout
+        port.write_timeout = 5.0
     if exclusive:
         port.exclusive = True
     if dtr is not None:

@@ -17,10 +17,22 @@ import pytest
 from hil.conformance.dut import SUITE_DOSE_NG_PER_DAY, DeviceUnderTest, continuous
 from hil.conformance.requirements import PROFILES, RequirementError, load_requirements
 from hil.conformance.runner import collect_suite, group_by_requirement
+from hil.conformance.sharedport import SharedPort
 from hil.conformance.targets import Target, TargetError, load_targets, target_for_url
 from hil.urlhandler import register
 from protocol_spec import messages as m
-from protocol_spec.enums import BolusKind, FaultKind, Feature, RefillConfirmation, TherapyMode
+from protocol_spec.codec import Header, encode_header
+from protocol_spec.enums import (
+    PROTOCOL_VERSION,
+    BolusKind,
+    FaultKind,
+    Feature,
+    FrameFlags,
+    MsgType,
+    RefillConfirmation,
+    TherapyMode,
+)
+from protocol_spec.framing import encode_frame
 
 from .serving import pumprig_command, served, stop_cleanly
 
@@ -231,3 +243,53 @@ def test_reset_reaches_the_known_state_from_any_mess(dut: DeviceUnderTest) -> No
     assert dut.clinician.interrogate().low_reservoir_threshold_nl == dut.baseline.low_reservoir_threshold_nl
     held = dut.clinician.status().uptime_ms
     assert dut.clinician.status().uptime_ms == held, "the reset holds the clock"
+
+
+class _ScriptedPort:
+    """A port that returns scripted bytes, a few at a time, and records what is written."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self.data = bytearray(data)
+        self.chunk = chunk
+        self.timeout: float | None = 0.0
+        self.written = bytearray()
+
+    @property
+    def in_waiting(self) -> int:
+        return min(self.chunk, len(self.data))
+
+    def read(self, size: int = 1, /) -> bytes:
+        out = bytes(self.data[: min(size, self.chunk)])
+        del self.data[: len(out)]
+        return out
+
+    def write(self, data: bytes, /) -> int:
+        self.written += data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _frame(session_id: int, counter: int) -> bytes:
+    header = Header(PROTOCOL_VERSION, MsgType.STATUS, FrameFlags.FROM_PUMP, session_id, counter, 0, 0)
+    return encode_frame(encode_header(header) + bytes(8))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_the_shared_port_gives_each_session_its_own_frames(chunk: int) -> None:
+    """Frames go to the view holding their session, in order; plaintext frames, unknown sessions
+    and garbage go to the view that wrote last; in any chunking."""
+    a1, b1, plain, unknown, a2 = _frame(1, 1), _frame(2, 1), _frame(0, 9), _frame(77, 1), _frame(1, 2)
+    garbage = b"\x00\x13\x37\x00"
+    port = _ScriptedPort(a1 + b1 + plain + garbage + unknown + a2, chunk)
+    shared = SharedPort(port)
+    a, b, raw = shared.view(), shared.view(), shared.view()
+    a.session_id, b.session_id = (lambda: 1), (lambda: 2)
+    raw.write(b"\x00")
+    a.timeout = 0.05
+    got_a = a.read(10_000)
+    assert got_a == a1 + a2
+    assert b.read(10_000) == b1
+    assert raw.read(10_000) == plain + garbage + unknown
+    assert port.written == b"\x00"

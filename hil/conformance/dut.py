@@ -44,6 +44,7 @@ from protocol_spec.enums import (
 )
 from protocol_spec.security import TEST_KEY_SET, KeySet
 
+from .sharedport import PortView, SharedPort
 from .targets import Target, TargetError, feature_names
 
 __all__ = [
@@ -84,18 +85,18 @@ class Baseline:
 
 
 class RawLink:
-    """Bytes to and from the target, for tests of what the programmer never sends."""
+    """Bytes to and from the target, for tests of what the programmer never sends
+    (``hil.conformance.raw`` builds and reads the frames)."""
 
-    def __init__(self, port: SerialPort) -> None:
-        self._port = port
+    def __init__(self, port: PortView) -> None:
+        self.port = port
 
     def send(self, data: bytes) -> None:
-        self._port.write(data)
+        self.port.write(data)
 
     def drain(self) -> None:
-        """Discard whatever is waiting (notifications for sessions of other tests)."""
-        while self._port.in_waiting:
-            self._port.read(self._port.in_waiting)
+        """Discard whatever is waiting for the raw link (left-overs of an earlier test)."""
+        self.port.discard()
 
 
 class CommandIds:
@@ -132,9 +133,10 @@ class DeviceUnderTest:
     def __init__(self, target: Target, port: SerialPort, keys: KeySet) -> None:
         self.target = target
         self.keys = keys
-        self._port = port
+        self._shared = SharedPort(port)
+        self._raw_view = self._shared.view()
         self._programmers: dict[Role, Programmer] = {}
-        self.raw = RawLink(port)
+        self.raw = RawLink(self._raw_view)
         probe = self.programmer(Role.CLINICIAN)
         identity = probe.identity
         assert identity is not None
@@ -169,7 +171,7 @@ class DeviceUnderTest:
             with contextlib.suppress(ProgrammerError, OSError):
                 prog.close()
         self._programmers.clear()
-        self._port.close()
+        self._shared.close()
 
     # ------------------------------------------------------------------ programmers
 
@@ -187,16 +189,18 @@ class DeviceUnderTest:
     def new_programmer(self, role: Role, **options: object) -> Programmer:
         """A programmer of its own (a session of its own) on the shared port; the caller closes it.
         ``options`` go to ``Programmer`` (``reply_timeout_ms``, ``retries``, ``clock``...)."""
+        view = self._shared.view()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PublishedKeysWarning)
-            prog = Programmer(self._port, keys=self.keys, role=role, url=self.target.url, **options)  # type: ignore[arg-type]
+            prog = Programmer(view, keys=self.keys, role=role, url=self.target.url, **options)  # type: ignore[arg-type]
+        view.session_id = lambda: prog.session_id
         prog.connect()
         return prog
 
     @contextlib.contextmanager
     def programmer_on(self, port: SerialPort, role: Role = Role.CLINICIAN, **options: object) -> Iterator[Programmer]:
         """A programmer on a wrapper of the shared port (a fault-injecting link), closed after."""
-        timeout = self._port.timeout
+        timeout = self._raw_view.timeout
         prog = Programmer(port, keys=self.keys, role=role, url=self.target.url, **options)  # type: ignore[arg-type]
         try:
             prog.connect()
@@ -204,11 +208,13 @@ class DeviceUnderTest:
         finally:
             with contextlib.suppress(ProgrammerError, OSError):
                 prog.close()
-            self._port.timeout = timeout  # a wrapper (FaultyLink) may have changed it
+            self._raw_view.timeout = timeout  # a wrapper (FaultyLink) may have changed it
 
     @property
     def port(self) -> SerialPort:
-        return self._port
+        """The raw link's view of the shared port: wrap it (FaultyLink) for ``programmer_on``;
+        frames of sessions the suite's programmers do not hold come here when it wrote last."""
+        return self._raw_view
 
     @property
     def clinician(self) -> Programmer:
@@ -222,6 +228,13 @@ class DeviceUnderTest:
     def test(self) -> Programmer:
         """The test role's programmer (callers declare ``requires("test_role")``)."""
         return self.programmer(Role.TEST)
+
+    def clear_notifications(self, prog: Programmer) -> None:
+        """Take in every ALARM_NOTIFY the pump has sent ``prog``'s session so far (one STATUS
+        exchange reads them), then forget them: what ``prog.notifications`` holds after this
+        was sent after this."""
+        prog.status()
+        prog.notifications.clear()
 
     def refresh_sessions(self) -> None:
         """Let the suite's programmers find out now whether the pump ended their sessions.

@@ -1,11 +1,10 @@
 """Alarms: thresholds, the reservoir, motor stall, low-battery reset, configuration, silence,
 acknowledgement and ALARM_NOTIFY.
 
-Alarms raised by a request are notified into the requester's session (the clinician's programmer
-collects them while it waits for replies). Alarms raised as time passes are notified while the test
-role's TEST_ADVANCE_TIME is in flight: the test programmer reads them (its ``notifications``), and
-the copies for the clinician's session are read off the shared port by the test programmer too, so
-the tests look for them in ``pump.test.notifications``.
+ALARM_NOTIFY goes into every open session; each programmer of the suite collects its own session's
+(``notifications``), whichever programmer happened to read them off the shared port
+(``hil.conformance.sharedport``). ``pump.clear_notifications(prog)`` takes in what was sent so far
+and forgets it, so that what ``prog.notifications`` holds afterwards was sent afterwards.
 """
 
 from __future__ import annotations
@@ -176,7 +175,7 @@ def test_low_reservoir_raised_at_the_step_that_reaches_the_threshold(pump: Devic
     assert AlarmSet.LOW_RESERVOIR not in alarms(c)
     before_ms, after_ms = step_window_ms(steps, step, rate)
     seq = next_seq(c)
-    pump.test.notifications.clear()
+    pump.clear_notifications(pump.test)
 
     pump.advance(before_ms)
     status = c.status()
@@ -228,7 +227,7 @@ def test_empty_reservoir_stops_delivery(pump: DeviceUnderTest) -> None:
     refill(pump, steps * step)
     status = c.status()
     before_ms, after_ms = step_window_ms(steps, step, status.rate_nl_per_day)
-    pump.test.notifications.clear()
+    pump.clear_notifications(pump.test)
 
     pump.advance(before_ms)
     status = c.status()
@@ -278,7 +277,7 @@ def test_refill_clears_reservoir_alarms(pump: DeviceUnderTest) -> None:
 @pytest.mark.requires("test_role", "virtual_time", "fault_injection")
 def test_motor_stall_interrupts_delivery(pump: DeviceUnderTest) -> None:
     c, t = pump.clinician, pump.test
-    t.notifications.clear()
+    pump.clear_notifications(t)
     t.inject_fault(FaultKind.MOTOR_STALL)
     status = c.status()
     assert AlarmSet.MOTOR_STALL in AlarmSet(status.alarms)
@@ -511,7 +510,7 @@ def test_request_raising_and_clearing_an_alarm_is_notified(pump: DeviceUnderTest
     cap = pump.baseline.reservoir_capacity_nl
     configure(pump, cap // 2)
     seq = next_seq(c)
-    c.notifications.clear()
+    pump.clear_notifications(c)
     refill(pump, cap // 4)
     raised = notes(c, AlarmCode.LOW_RESERVOIR)
     assert [n.event for n in raised] == [AlarmEvent.RAISED]
@@ -520,7 +519,7 @@ def test_request_raising_and_clearing_an_alarm_is_notified(pump: DeviceUnderTest
     logged = entries(log_since(c, seq), LogEventKind.ALARM_RAISED, AlarmCode.LOW_RESERVOIR)
     assert [e.at_ms for e in logged] == [raised[0].at_ms]
 
-    c.notifications.clear()
+    pump.clear_notifications(c)
     refill(pump, cap)
     cleared = notes(c, AlarmCode.LOW_RESERVOIR)
     assert [n.event for n in cleared] == [AlarmEvent.CLEARED]
@@ -534,10 +533,10 @@ def test_request_raising_and_clearing_an_alarm_is_notified(pump: DeviceUnderTest
 def test_silence_and_acknowledge_are_notified(pump: DeviceUnderTest) -> None:
     c = pump.clinician
     raise_low_reservoir(pump)
-    c.notifications.clear()
+    pump.clear_notifications(c)
     c.silence_alarm(AlarmCode.LOW_RESERVOIR, 600_000)
     assert [n.event for n in notes(c, AlarmCode.LOW_RESERVOIR)] == [AlarmEvent.SILENCED]
-    c.notifications.clear()
+    pump.clear_notifications(c)
     c.acknowledge_alarm(AlarmCode.LOW_RESERVOIR)
     acked = notes(c, AlarmCode.LOW_RESERVOIR)
     assert [n.event for n in acked] == [AlarmEvent.ACKNOWLEDGED]
@@ -553,7 +552,7 @@ def test_non_critical_alarm_repeats_at_its_interval(pump: DeviceUnderTest) -> No
     configure(pump, cap // 2, (SUITE_ALARM_REPEATS_MS[0], repeat_ms))
     raised_ms = c.status().uptime_ms
     refill(pump, cap // 4)
-    t.notifications.clear()
+    pump.clear_notifications(t)
     pump.advance(5 * repeat_ms)
     repeats = [n for n in t.notifications if n.alarm is AlarmCode.LOW_RESERVOIR]
     assert [(n.event, n.at_ms) for n in repeats] == [
@@ -562,7 +561,7 @@ def test_non_critical_alarm_repeats_at_its_interval(pump: DeviceUnderTest) -> No
     assert all(n.tone is TonePattern.SINGLE_TONE_1S for n in repeats)
 
     refill(pump, cap)
-    t.notifications.clear()
+    pump.clear_notifications(t)
     pump.advance(3 * repeat_ms)
     assert not [n for n in t.notifications if n.alarm is AlarmCode.LOW_RESERVOIR], "repeated after clearing"
 
@@ -575,7 +574,7 @@ def test_critical_alarm_repeats_at_its_interval(pump: DeviceUnderTest) -> None:
     configure(pump, pump.baseline.low_reservoir_threshold_nl, (repeat_ms, SUITE_ALARM_REPEATS_MS[1]))
     raised_ms = c.status().uptime_ms
     t.inject_fault(FaultKind.MOTOR_STALL)
-    t.notifications.clear()
+    pump.clear_notifications(t)
     pump.advance(4 * repeat_ms)
     repeats = [n for n in t.notifications if n.alarm is AlarmCode.MOTOR_STALL]
     assert [(n.event, n.at_ms) for n in repeats] == [
