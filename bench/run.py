@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import simulate_bench
+from bench import conform_bench, simulate_bench
 from protocol_spec import messages as m
 from protocol_spec.codec import Header, decode_body, encode_packet, encode_payload
 from protocol_spec.enums import PROTOCOL_VERSION, FrameFlags, MsgType
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in _cases():
         print(f"bench: {case.name} ...", flush=True)
         results.append(run_case(case, repeats, inner))
+    conformance = conform_bench.run(100 if args.quick else 1000, suite=not args.quick)
     doc = {
         "format": FORMAT,
         "goal": f"encode + decode median <= {GOAL_PERCENT} % of the frame's time at {BAUD} baud 8N1",
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cases": results,
         "simulator": simulator,
+        "conformance": conformance,
     }
     for r in results:
         print(
@@ -156,6 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         f"at 10x the dose ({x['simulated_years']} y, {x['steps']:,} steps) in {x['wall_s_median']} s; "
         f"ratio {simulator['ten_times_over_typical']} [{'within' if simulator['within_goal'] else 'OVER'} the goal]"
     )
+    rt = conformance["status_round_trip"]
+    print(
+        f"STATUS round trip: served pty {rt['served_pty_status']['median_ms']} ms, bare pty echo "
+        f"{rt['bare_pty_echo']['median_ms']} ms, in process {rt['in_process_status']['median_ms']} ms (medians); "
+        f"ratio {rt['ratio']}x [{'within' if rt['within_goal'] else 'OVER'} the {conform_bench.GOAL_RATIO}x goal]"
+    )
+    suite = conformance.get("suite")
+    if suite is not None:
+        walls = ", ".join(f"{name} {t.get('wall_s', '-')} s" for name, t in suite["targets"].items())
+        print(f"conformance ({suite['profile']}): {walls} [{'within' if suite['within_goal'] else 'OVER'} the goal]")
     if args.out is not None:
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"bench: wrote {args.out}")
