@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -293,3 +294,40 @@ def test_the_shared_port_gives_each_session_its_own_frames(chunk: int) -> None:
     assert b.read(10_000) == b1
     assert raw.read(10_000) == plain + garbage + unknown
     assert port.written == b"\x00"
+
+
+_USER_TESTS = """
+import pytest
+from protocol_spec.enums import AlarmSet, TherapyMode
+
+
+def test_status_after_the_known_state(programmer):
+    assert programmer.status().mode is TherapyMode.CONTINUOUS
+
+
+@pytest.mark.requires("test_role", "virtual_time")
+def test_ninety_days_later(pump):
+    pump.advance(90 * 86_400_000)
+    assert AlarmSet.LOW_RESERVOIR in AlarmSet(pump.clinician.status().alarms)
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [("pump://", "2 passed"), ("pump://?test_role=0", "1 passed, 1 skipped")],
+)
+def test_users_write_their_own_hil_tests_with_the_plugin(tmp_path: Path, url: str, expected: str) -> None:
+    """The plugin is found through its entry point by any pytest run: a user's file, a URL."""
+    (tmp_path / "test_mine.py").write_text(_USER_TESTS)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", "--pump-url", url, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert expected in proc.stdout
+    if "skipped" in expected:
+        assert "lacks test_role" in proc.stdout, "a skip says why"
