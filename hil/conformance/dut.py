@@ -239,20 +239,16 @@ class DeviceUnderTest:
     def refresh_sessions(self) -> None:
         """Let the suite's programmers find out now whether the pump ended their sessions.
 
-        A session ends on the pump after its timeout (a test that advanced the clock) or when a
-        pump that holds a few sessions opens another; a request without effect (STATUS) opens it
-        again, where a command with effect sent into it could not always be settled (once 8
-        newer commands fill the pump's outcomes). The reset calls this first."""
+        A pump holds a few sessions and ends the one idle longest when another opens (SPEC.md,
+        "Timing and retries"): a test that opens programmers of its own can end the suite's. A
+        request without effect (STATUS) opens a lost session again, where a command with effect
+        sent into it could not always be settled (once 8 newer commands fill the pump's
+        outcomes, for a role that may not read them). The reset calls this first."""
         for prog in self._programmers.values():
             prog.status()
 
     def advance(self, delta_ms: int) -> m.ClockReply:
-        """Move the pump's clock ``delta_ms`` forward (test role, virtual time).
-
-        Sessions idle for longer than the pump's session timeout end on the pump: a programmer of
-        another role reopens its session by itself on a request without effect (STATUS), while a
-        command with effect in a dead session ends in UncertainOutcome for a role that cannot
-        read the outcomes (the patient). Call ``status()`` on it first."""
+        """Move the pump's clock ``delta_ms`` forward (test role, virtual time)."""
         return self.test.advance_time(delta_ms)
 
     def now_ms(self) -> int:
