@@ -750,6 +750,11 @@ class Device:
     def _notify_alarms(self, repeats_since_ms: int | None = None) -> None:
         """ALARM_NOTIFY into every open session allowed to receive it, one per alarm event."""
         log = self.pump.log
+        repeats_due = (
+            repeats_since_ms is not None and bool(self.pump.alarms.active) and self.pump.now_ms > repeats_since_ms
+        )
+        if log.next_seq == self._log_seen and not repeats_due:
+            return  # nothing logged and no tone due since the last look: the common case, per frame
         active = self.pump.alarms.as_set()
         entries = [e for e in log.page(self._log_seen, log.next_seq - self._log_seen) if e.kind in _ALARM_EVENTS]
         self._log_seen = log.next_seq
