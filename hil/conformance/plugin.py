@@ -221,20 +221,28 @@ def pump(request: pytest.FixtureRequest, pump_connection: DeviceUnderTest) -> De
 
 @dataclass(frozen=True)
 class Figure:
-    """A plot for the report: named series of (x, y) integer points."""
+    """A plot for the report: named series of (x, y) points, drawn as steps (a cumulative
+    volume: it changes at each point) or as lines with markers (a curve such as a trumpet)."""
 
     title: str
     x_label: str
     y_label: str
-    series: dict[str, list[tuple[int, int]]]
+    series: dict[str, list[tuple[float, float]]]
+    style: str = "step"
+    """"step" or "line"."""
 
 
 @pytest.fixture
 def pump_figure(request: pytest.FixtureRequest) -> Callable[..., None]:
-    """``pump_figure(title, x_label, y_label, {"delivered": [(t_ms, nl), ...]})``: a plot for the report."""
+    """``pump_figure(title, x_label, y_label, {"delivered": [(t_ms, nl), ...]}, style="step")``: a plot
+    for the report (``style`` "line" for curves)."""
 
-    def record(title: str, x_label: str, y_label: str, series: dict[str, list[tuple[int, int]]]) -> None:
-        request.node.stash.setdefault(FIGURES_KEY, []).append(Figure(title, x_label, y_label, series))
+    def record(
+        title: str, x_label: str, y_label: str, series: dict[str, list[tuple[float, float]]], style: str = "step"
+    ) -> None:
+        if style not in ("step", "line"):
+            raise ValueError(f"style is 'step' or 'line', not {style!r}")
+        request.node.stash.setdefault(FIGURES_KEY, []).append(Figure(title, x_label, y_label, series, style))
 
     return record
 

@@ -61,7 +61,10 @@ def _figure_svg(fig: Figure) -> str:
         for name, points in fig.series.items():
             xs = [p[0] for p in points]
             ys = [p[1] for p in points]
-            ax.step(xs, ys, where="post", label=name)
+            if fig.style == "line":
+                ax.plot(xs, ys, marker="o", label=name)
+            else:
+                ax.step(xs, ys, where="post", label=name)
         ax.set_title(fig.title)
         ax.set_xlabel(fig.x_label)
         ax.set_ylabel(fig.y_label)
