@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import conform_bench, simulate_bench
+from bench import conform_bench, simulate_bench, trumpet_bench
 from protocol_spec import messages as m
 from protocol_spec.codec import Header, decode_body, encode_packet, encode_payload
 from protocol_spec.enums import PROTOCOL_VERSION, FrameFlags, MsgType
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     print("bench: simulator, a whole pump life twice ...", flush=True)
     simulator = simulate_bench.run(1 if args.quick else 5)
+    print("bench: trumpet curves from 30 days of steps ...", flush=True)
+    trumpet = trumpet_bench.run(1 if args.quick else 5)
     for case in _cases():
         print(f"bench: {case.name} ...", flush=True)
         results.append(run_case(case, repeats, inner))
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cases": results,
         "simulator": simulator,
+        "trumpet": trumpet,
         "conformance": conformance,
     }
     for r in results:
@@ -157,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         f"simulator: to EOS ({t['simulated_years']} y, {t['events']:,} events) in {t['wall_s_median']} s; "
         f"at 10x the dose ({x['simulated_years']} y, {x['steps']:,} steps) in {x['wall_s_median']} s; "
         f"ratio {simulator['ten_times_over_typical']} [{'within' if simulator['within_goal'] else 'OVER'} the goal]"
+    )
+    tr = trumpet["highest_rate"]
+    print(
+        f"trumpet: an IMPLANT curve and its bound from {tr['steps']:,} steps (30 days at the highest rate) "
+        f"in {tr['wall_s_median']} s [{'within' if trumpet['within_goal'] else 'OVER'} the goal]"
     )
     rt = conformance["status_round_trip"]
     print(
