@@ -61,6 +61,7 @@ __all__ = [
     "refused",
 ]
 
+MS_PER_DAY = 86_400_000
 SUITE_CONCENTRATION_UG_PER_ML = 500
 """The concentration of the known state (one of baclofen's usual: 50, 500, 1000, 2000 ug/mL)."""
 SUITE_DOSE_NG_PER_DAY = 100_000
@@ -250,6 +251,27 @@ class DeviceUnderTest:
     def advance(self, delta_ms: int) -> m.ClockReply:
         """Move the pump's clock ``delta_ms`` forward (test role, virtual time)."""
         return self.test.advance_time(delta_ms)
+
+    def record_steps(self, duration_ms: int, rate_nl_per_day: int) -> list[int]:
+        """Advance the held clock ``duration_ms`` and return the time of every motor step taken
+        meanwhile, read from the step log as the clock goes (test role, virtual time, step log).
+        The clock moves in chunks of at most 64 steps at ``rate_nl_per_day`` (the highest rate
+        that runs), so no step leaves the log's ring before it is read; a lost step fails."""
+        first = self.test.read_step_log(0, 1).steps_total
+        chunk_ms = max(1, 64 * self.baseline.step_volume_nl * MS_PER_DAY // max(1, rate_nl_per_day))
+        times: list[int] = []
+        left_ms = duration_ms
+        while left_ms > 0:
+            self.advance(min(chunk_ms, left_ms))
+            left_ms -= min(chunk_ms, left_ms)
+            while True:
+                page = self.test.read_step_log(first + len(times))
+                if page.first_step != first + len(times):
+                    raise AssertionError(f"the step log lost steps {first + len(times)}..{page.first_step - 1}")
+                times.extend(s.at_ms for s in page.steps)
+                if not page.steps or page.first_step + len(page.steps) >= page.steps_total:
+                    break
+        return times
 
     def now_ms(self) -> int:
         return self.clinician.status().uptime_ms

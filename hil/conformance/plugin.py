@@ -222,7 +222,8 @@ def pump(request: pytest.FixtureRequest, pump_connection: DeviceUnderTest) -> De
 @dataclass(frozen=True)
 class Figure:
     """A plot for the report: named series of (x, y) points, drawn as steps (a cumulative
-    volume: it changes at each point) or as lines with markers (a curve such as a trumpet)."""
+    volume: it changes at each point) or as lines with markers (a curve such as a trumpet). A
+    series whose name starts with "bound" is a limit: drawn dashed, under the others."""
 
     title: str
     x_label: str
@@ -230,6 +231,7 @@ class Figure:
     series: dict[str, list[tuple[float, float]]]
     style: str = "step"
     """"step" or "line"."""
+    x_log: bool = False
 
 
 @pytest.fixture
@@ -238,11 +240,18 @@ def pump_figure(request: pytest.FixtureRequest) -> Callable[..., None]:
     for the report (``style`` "line" for curves)."""
 
     def record(
-        title: str, x_label: str, y_label: str, series: dict[str, list[tuple[float, float]]], style: str = "step"
+        title: str,
+        x_label: str,
+        y_label: str,
+        series: dict[str, list[tuple[float, float]]],
+        style: str = "step",
+        *,
+        x_log: bool = False,
     ) -> None:
         if style not in ("step", "line"):
             raise ValueError(f"style is 'step' or 'line', not {style!r}")
-        request.node.stash.setdefault(FIGURES_KEY, []).append(Figure(title, x_label, y_label, series, style))
+        figure = Figure(title, x_label, y_label, series, style, x_log)
+        request.node.stash.setdefault(FIGURES_KEY, []).append(figure)
 
     return record
 

@@ -58,13 +58,17 @@ def _figure_svg(fig: Figure) -> str:
 
     figure, ax = plt.subplots(figsize=(8, 3.6))
     try:
-        for name, points in fig.series.items():
+        for name, points in sorted(fig.series.items(), key=lambda kv: not kv[0].startswith("bound")):
             xs = [p[0] for p in points]
             ys = [p[1] for p in points]
-            if fig.style == "line":
-                ax.plot(xs, ys, marker="o", label=name)
+            if name.startswith("bound"):  # a limit: dashed, under the curves it bounds
+                ax.plot(xs, ys, linestyle="--", linewidth=2.5, color="0.6", label=name, zorder=1)
+            elif fig.style == "line":
+                ax.plot(xs, ys, marker="o", markersize=4, label=name, zorder=2)
             else:
-                ax.step(xs, ys, where="post", label=name)
+                ax.step(xs, ys, where="post", label=name, zorder=2)
+        if fig.x_log:
+            ax.set_xscale("log")
         ax.set_title(fig.title)
         ax.set_xlabel(fig.x_label)
         ax.set_ylabel(fig.y_label)
