@@ -47,6 +47,15 @@ __all__ = ["Bolus", "Plant", "Pump", "PumpStatus", "RefillResult", "TherapyCheck
 
 _NEVER = 1 << 62
 _DAY = MS_PER_DAY
+_BOLUS_RECORDS = 32
+"""Boluses remembered one by one for the daily hard limit (older ones are merged)."""
+
+
+def _dose_up_ng(volume_nl: int, concentration_ug_per_ml: int) -> int:
+    """The dose a volume holds, rounded up (what the daily hard limit must count)."""
+    return -(-volume_nl * concentration_ug_per_ml // 1000)
+
+
 # Program field indices, for refusals that name a field (Program's wire order)
 _F_MODE, _F_CONC, _F_DOSE, _F_BOLUS_DOSE, _F_BOLUS_MS, _F_CYCLE, _F_STEPS = range(7)
 
@@ -159,9 +168,39 @@ class _Accounts:
 
 @dataclass
 class _Dosing:
-    """Dose history for the rolling-24-h increase limit: (from_ms, max dose or None)."""
+    """Dose history for the rolling-24-h increase limit: (from_ms, max dose or None); and for
+    the daily hard limit, which bounds any 24 h boluses included: the basal's daily dose as it
+    changed, (from_ms, ng/day), and the boluses given, (start_ms, end_ms, ng)."""
 
     history: list[tuple[int, int | None]] = field(default_factory=list)
+    basal: list[tuple[int, int]] = field(default_factory=list)
+    boluses: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def note_basal(self, now_ms: int, dose_ng_per_day: int) -> None:
+        if not self.basal or self.basal[-1][1] != dose_ng_per_day:
+            if self.basal and self.basal[-1][0] == now_ms:
+                self.basal.pop()
+            self.basal.append((now_ms, dose_ng_per_day))
+        cutoff = now_ms - _DAY
+        while len(self.basal) > 1 and self.basal[1][0] <= cutoff:
+            self.basal.pop(0)
+
+    def add_bolus(self, start_ms: int, end_ms: int, dose_ng: int) -> None:
+        """Record a bolus; beyond ``_BOLUS_RECORDS`` the two oldest merge into one that ends with
+        the later (bounded memory, and never less dose counted for any window)."""
+        self.boluses.append((start_ms, end_ms, dose_ng))
+        if len(self.boluses) > _BOLUS_RECORDS:
+            (s0, e0, d0), (_s1, e1, d1) = self.boluses[0], self.boluses[1]
+            self.boluses[:2] = [(s0, max(e0, e1), d0 + d1)]
+
+    def in_last_day(self, now_ms: int) -> tuple[int, int]:
+        """(the highest basal daily dose that ran in the last 24 h, the boluses that may
+        have delivered in it, ng)."""
+        cutoff = now_ms - _DAY
+        self.boluses = [b for b in self.boluses if b[1] > cutoff]
+        while len(self.basal) > 1 and self.basal[1][0] <= cutoff:  # the one in effect at the cutoff stays
+            self.basal.pop(0)
+        return max((d for _, d in self.basal), default=0), sum(b[2] for b in self.boluses)
 
 
 class Pump:
@@ -425,6 +464,7 @@ class Pump:
                 nxt = min(nxt, now + ms_to_reach(a.integral_nlms, (a.steps_total + k) * q, rate))
         self._plan_battery(rate)
         self._next_event_ms = min(nxt, self._eri_due_ms, self._eos_due_ms)
+        self._dosing.note_basal(now, self._basal_dose_ng_per_day())
 
     def _plan_battery(self, rate: int) -> None:
         """ERI and EOS times from the drain at the present rate, taken continuously (steps
@@ -508,6 +548,9 @@ class Pump:
 
     def _start_bolus(self, kind: BolusKind, volume_nl: int, rate: int) -> None:
         self.bolus = Bolus(kind, volume_nl, rate, self.now_ms, volume_nl * MS_PER_DAY, kind in _REPLACES_BASAL)
+        if kind is not BolusKind.BRIDGE:
+            end_ms = self.now_ms + -(-volume_nl * MS_PER_DAY // rate)
+            self._dosing.add_bolus(self.now_ms, end_ms, _dose_up_ng(volume_nl, self.concentration_ug_per_ml))
         self._log(LogEventKind.BOLUS_STARTED, kind, volume_nl, -(-volume_nl * MS_PER_DAY // rate))
         if self.rate_pieces is not None:
             self.rate_pieces.append(RatePiece(self.now_ms, None, rate, volume_nl))
@@ -517,6 +560,11 @@ class Pump:
         assert bolus is not None
         delivered_nl = (bolus.volume_nl * MS_PER_DAY - bolus.remaining_nlms) // MS_PER_DAY
         self.bolus = None
+        records = self._dosing.boluses
+        if bolus.kind is not BolusKind.BRIDGE and records and records[-1][0] == bolus.started_ms:
+            # what it delivered, when it ended (the planned end and dose were counted so far)
+            delivered_ng = _dose_up_ng(delivered_nl + 1, self.concentration_ug_per_ml)
+            records[-1] = (bolus.started_ms, self.now_ms, min(records[-1][2], delivered_ng))
         if how is LogEventKind.BOLUS_INTERRUPTED:
             self._log(how, bolus.kind, delivered_nl, bolus.volume_nl - delivered_nl)
         else:
@@ -552,6 +600,40 @@ class Pump:
             )
         return rate
 
+    def _basal_dose_ng_per_day(self) -> int:
+        """The daily dose the basal program delivers (its highest, for FLEX), whatever holds it;
+        while a bridge bolus takes its place, the bridge's (the old drug at its rate)."""
+        bolus = self.bolus
+        if bolus is not None and bolus.kind is BolusKind.BRIDGE:
+            conc = self._bridge_concentration or self.concentration_ug_per_ml
+            return max(self.program.dose_ng_per_day, _dose_up_ng(bolus.rate_nl_per_day, conc))
+        st = self._fsm.state
+        if st is PumpState.CONTINUOUS:
+            return self.program.dose_ng_per_day
+        if st is PumpState.FLEX:
+            return max(step.dose_ng_per_day for step in self.program.steps)
+        if st is PumpState.MINIMUM_RATE:
+            return _dose_up_ng(self.limits.min_rate_nl_per_day, self.concentration_ug_per_ml)
+        return 0
+
+    def _check_daily_dose(self, *, basal_ng_per_day: int = 0, bolus_ng: int = 0, field: int = 255) -> None:
+        """The hard limit bounds the dose of any 24 h, boluses included. Checked conservatively
+        before each bolus and program: the highest basal daily dose that ran in the last 24 h or
+        is asked for, plus every bolus that may have delivered in the last 24 h, plus the one asked
+        for. Any 24 h window then holds at most the hard limit (the latest thing started in it
+        was checked against everything else in it); the motor adds at most one step."""
+        hard = self.limits.hard_limit_ng_per_day
+        basal, boluses = self._dosing.in_last_day(self.now_ms)
+        basal = max(basal, basal_ng_per_day, self._basal_dose_ng_per_day())
+        if basal + boluses + bolus_ng > hard:
+            raise RefusalError(
+                ErrorCode.HARD_LIMIT,
+                f"{basal} ng/day of basal, {boluses} ng of boluses in the last 24 h and {bolus_ng} ng more "
+                f"exceed the hard limit of {hard} ng in any 24 h",
+                field=field,
+                hi=hard,
+            )
+
     def _refuse_bolus_now(self) -> None:
         if self._fsm.state is PumpState.END_OF_SERVICE or self.alarms.critical_active:
             raise RefusalError(ErrorCode.ALARM_ACTIVE, "no bolus starts while a critical alarm is active")
@@ -571,9 +653,13 @@ class Pump:
         conc = self._bridge_concentration if kind is BolusKind.BRIDGE and self._bridge_concentration else None
         conc = conc or self.concentration_ug_per_ml
         dose = dose_ng_for_volume(volume_nl, conc)
-        top = self.limits.max_bolus_ng
-        if dose > top:
-            raise RefusalError(ErrorCode.HARD_LIMIT, f"bolus of {dose} ng exceeds {top} ng", field=2, hi=top)
+        if kind is BolusKind.PRIMING:
+            top = self.limits.max_bolus_ng
+            if dose > top:
+                raise RefusalError(ErrorCode.HARD_LIMIT, f"bolus of {dose} ng exceeds {top} ng", field=2, hi=top)
+            self._check_daily_dose(bolus_ng=_dose_up_ng(volume_nl, conc), field=2)
+        else:  # a bridge takes the basal's place: its rate of the old drug counts as a basal dose
+            self._check_daily_dose(basal_ng_per_day=_dose_up_ng(rate, conc), field=3)
         return TherapyCheck(dose_ng_for_volume(rate, conc), rate, soft_limit_overridden=False)
 
     def start_bolus(self, kind: BolusKind, volume_nl: int, duration_ms: int, *, token: int = 0) -> TherapyCheck:
@@ -642,6 +728,7 @@ class Pump:
             raise RefusalError(ErrorCode.BOLUS_LOCKOUT, f"locked out until {wait} ms", retry_after_ms=wait - now)
         if len(starts) >= s.max_per_24h:
             raise RefusalError(ErrorCode.BOLUS_DAILY_MAX, f"{len(starts)} boluses in 24 h", hi=s.max_per_24h)
+        self._check_daily_dose(bolus_ng=s.dose_ng)
         volume = volume_nl_for_dose(s.dose_ng, self.concentration_ug_per_ml)
         rate = self._bolus_rate(volume, s.duration_ms, 1, 2)
         self._patient_starts = deque([*starts, now])
@@ -658,7 +745,11 @@ class Pump:
         """Check a program against the drug library and the pump without applying it."""
         return self._check(program, override_soft_limits)[0]
 
-    def _check(self, program: Program, override: bool) -> tuple[TherapyCheck, _FlexPlan | None, int]:
+    def _check(
+        self, program: Program, override: bool, *, dose_history: bool = True
+    ) -> tuple[TherapyCheck, _FlexPlan | None, int]:
+        """``dose_history`` False: the program alone against the library (a new library for the
+        running program), not what the last 24 h delivered."""
         lim = self.limits
         if self._fsm.state is PumpState.END_OF_SERVICE:
             raise RefusalError(ErrorCode.ALARM_ACTIVE, "the battery is at end of service")
@@ -685,6 +776,8 @@ class Pump:
                 raise RefusalError(
                     ErrorCode.HARD_LIMIT, "single bolus dose", field=_F_BOLUS_DOSE, lo=1, hi=lim.max_bolus_ng
                 )
+            if dose_history:
+                self._check_daily_dose(bolus_ng=program.bolus_dose_ng, field=_F_BOLUS_DOSE)
             volume = volume_nl_for_dose(program.bolus_dose_ng, conc)
             rate = self._bolus_rate(volume, program.bolus_duration_ms, _F_BOLUS_DOSE, _F_BOLUS_MS)
             dose_rate = program.bolus_dose_ng * MS_PER_DAY // program.bolus_duration_ms
@@ -718,6 +811,8 @@ class Pump:
                 )
             rates.append(rate)
         top = max(doses)
+        if dose_history:
+            self._check_daily_dose(basal_ng_per_day=top, field=dose_field)
         crossed = 0
         if top > lim.soft_limit_ng_per_day:
             crossed = lim.soft_limit_ng_per_day
@@ -945,7 +1040,7 @@ class Pump:
         self.limits = limits
         try:
             if self.program.mode in (TherapyMode.CONTINUOUS, TherapyMode.FLEX):
-                self._check(self.program, override=True)
+                self._check(self.program, override=True, dose_history=False)
         except RefusalError:
             self.limits = old
             raise
@@ -1047,6 +1142,8 @@ class Pump:
             "patient_bolus": encode_payload(self.patient_bolus).hex(),
             "patient_starts": list(self._patient_starts),
             "dosing": [list(x) for x in self._dosing.history],
+            "dose_basal": [list(x) for x in self._dosing.basal],
+            "dose_boluses": [list(x) for x in self._dosing.boluses],
             "alarms": [
                 [int(c), x.raised_ms, x.acknowledged, x.silenced_until_ms] for c, x in self.alarms.active.items()
             ],
@@ -1081,6 +1178,8 @@ class Pump:
         p.patient_bolus = _decoded(PatientBolusSettings, record["patient_bolus"])
         p._patient_starts = deque(int(t) for t in record["patient_starts"])
         p._dosing.history = [(int(t), None if d is None else int(d)) for t, d in record["dosing"]]
+        p._dosing.basal = [(int(t), int(d)) for t, d in record.get("dose_basal", [])]
+        p._dosing.boluses = [(int(t), int(e), int(d)) for t, e, d in record.get("dose_boluses", [])]
         for code, raised, acked, silenced in record["alarms"]:
             p.alarms.active[AlarmCode(code)] = ActiveAlarm(AlarmCode(code), raised, bool(acked), silenced)
         p.eri_at_ms, p.eos_at_ms = record["eri_at_ms"], record["eos_at_ms"]

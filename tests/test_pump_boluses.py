@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firmware_model import Pump, PumpConfig, PumpState, RefusalError
+from firmware_model.config import DEFAULT_LIMITS
 from firmware_model.units import MS_PER_DAY, MS_PER_HOUR, volume_nl_for_dose
 from protocol_spec.enums import BolusKind, ErrorCode, LogEventKind, TherapyMode
 from protocol_spec.messages import PatientBolusSettings, Program
@@ -154,9 +155,12 @@ def test_single_bolus_mode_delivers_its_bolus_then_reverts_to_stopped(data: st.D
     BOLUS_COMPLETED with that volume, then the pump is STOPPED with the STOPPED program and
     delivers nothing more."""
     conc = data.draw(st.sampled_from(CONCENTRATIONS))
+    top = DEFAULT_LIMITS.hard_limit_ng_per_day - DEFAULT_LIMITS.max_bolus_ng  # room for any bolus in the 24 h
     before_mode = data.draw(
         st.one_of(
-            continuous_programs(conc), flex_programs(conc, max_per_day=3), st.sampled_from([STOPPED, minimum_rate()])
+            continuous_programs(conc, top=top),
+            flex_programs(conc, max_per_day=3, top=top),
+            st.sampled_from([STOPPED, minimum_rate()]),
         )
     )
     program = data.draw(single_bolus_programs(conc))
@@ -187,7 +191,8 @@ def test_single_bolus_program_waits_for_a_running_supplemental_bolus(conc: int, 
     (BUSY) and changes nothing: the running bolus is neither dropped unlogged nor replaced."""
     pump = Pump(record_rates=True)
     obs = Observer(pump)
-    obs.run([refill(20_000_000, conc), commit(data.draw(continuous_programs(conc)), True)])
+    room = DEFAULT_LIMITS.hard_limit_ng_per_day - DEFAULT_LIMITS.max_bolus_ng  # a bolus fits in the 24 h
+    obs.run([refill(20_000_000, conc), commit(data.draw(continuous_programs(conc, top=room)), True)])
     kind = data.draw(st.sampled_from([BolusKind.PRIMING, BolusKind.BRIDGE, BolusKind.PATIENT]))
     starts: list[Action]
     if kind is BolusKind.PATIENT:

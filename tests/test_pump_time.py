@@ -10,6 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from firmware_model import Pump, PumpConfig, PumpState, ideal_nlms
+from firmware_model.config import DEFAULT_LIMITS
 from firmware_model.units import MS_PER_DAY, MS_PER_HOUR, rate_nl_per_day
 from protocol_spec.enums import BolusKind, FaultKind, LogEventKind, TherapyMode
 from protocol_spec.messages import FlexStep, PatientBolusSettings, Program
@@ -226,7 +227,8 @@ def test_a_reset_loses_the_running_bolus(kind: BolusKind, how: FaultKind, conc: 
     delivered: afterwards the integral grows at the basal rate only."""
     pump = Pump(PumpConfig(event_log_capacity=1 << 16), record_rates=True)
     obs = Observer(pump)
-    obs.run([refill(20_000_000, conc), commit(data.draw(continuous_programs(conc)), True)])
+    room = DEFAULT_LIMITS.hard_limit_ng_per_day - DEFAULT_LIMITS.max_bolus_ng  # a bolus fits in the 24 h
+    obs.run([refill(20_000_000, conc), commit(data.draw(continuous_programs(conc, top=room)), True)])
     long = 2 * MS_PER_DAY
     start: dict[BolusKind, list[Action]] = {
         BolusKind.PRIMING: [bolus(BolusKind.PRIMING, 100_000 * 50 // conc, long)],

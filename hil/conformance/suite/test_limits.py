@@ -60,6 +60,14 @@ def test_hard_limit_refused_even_with_override(pump: DeviceUnderTest) -> None:
         assert r.error.lo == 0
         assert r.error.hi == lim.hard_limit_ng_per_day
     assert_program_unchanged(pump, before)
+
+
+@pytest.mark.requirement("LIM-HRD-001")
+@pytest.mark.requires("test_role", "virtual_time")
+def test_the_hard_limit_itself_is_accepted(pump: DeviceUnderTest) -> None:
+    """Up to the limit, with 24 h free of boluses: the limit bounds any 24 h, boluses included."""
+    pump.advance(PAST_ROLLING_WINDOWS_MS)
+    lim = library(pump, hard_limit_ng_per_day=180_000, soft_limit_ng_per_day=150_000)
     staged = pump.clinician.stage_program(continuous(lim.hard_limit_ng_per_day), override_soft_limits=True)
     assert staged.max_dose_ng_per_day == lim.hard_limit_ng_per_day
     pump.clinician.commit(staged.stage_token)
