@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import conform_bench, simulate_bench, trumpet_bench
+from bench import accuracy_bench, conform_bench, simulate_bench, trumpet_bench
 from protocol_spec import messages as m
 from protocol_spec.codec import Header, decode_body, encode_packet, encode_payload
 from protocol_spec.enums import PROTOCOL_VERSION, FrameFlags, MsgType
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {case.name} ...", flush=True)
         results.append(run_case(case, repeats, inner))
     conformance = conform_bench.run(100 if args.quick else 1000, suite=not args.quick)
+    print("bench: accuracy properties, examples per second ...", flush=True)
+    accuracy = accuracy_bench.run(20 if args.quick else 100)
     doc = {
         "format": FORMAT,
         "goal": f"encode + decode median <= {GOAL_PERCENT} % of the frame's time at {BAUD} baud 8N1",
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases": results,
         "simulator": simulator,
         "trumpet": trumpet,
+        "accuracy": accuracy,
         "conformance": conformance,
     }
     for r in results:
@@ -165,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"trumpet: an IMPLANT curve and its bound from {tr['steps']:,} steps (30 days at the highest rate) "
         f"in {tr['wall_s_median']} s [{'within' if trumpet['within_goal'] else 'OVER'} the goal]"
+    )
+    print(
+        "accuracy properties (examples/s): "
+        + ", ".join(
+            f"{name} {r['examples_per_s']}" + (" (FAILS)" if r["failed"] else "")
+            for name, r in accuracy["properties"].items()
+        )
     )
     rt = conformance["status_round_trip"]
     print(
