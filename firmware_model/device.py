@@ -71,8 +71,6 @@ _SET_EVENTS = frozenset({LogEventKind.ALARM_RAISED, LogEventKind.ALARM_CLEARED})
 _NOT_RECORDED = frozenset({ErrorCode.BUSY, ErrorCode.STORAGE_FAULT})
 _MAX_REPEATS_NOTIFIED = 64
 """After a long time jump, at most this many REPEATED notifications per alarm (the newest)."""
-_SECURITY_BURST_MS = 60_000
-"""Security refusals of one code less than this apart share one log entry (its count grows)."""
 
 
 @dataclass(frozen=True)
@@ -406,7 +404,7 @@ class Device:
 
     def _security_event(self, code: ErrorCode, request: Header) -> None:
         session_id = request.session_id if request.session_id in self._sessions else 0
-        self.pump.note_security_event(int(code), session_id, request.msg_type, _SECURITY_BURST_MS)
+        self.pump.note_security_event(int(code), session_id, request.msg_type)
 
     def _queue(self, frame: bytes) -> None:
         self.pump.count_frames(1)

@@ -32,15 +32,17 @@ class EventLog:
         self._entries.append(entry)
         self.next_seq = entry.seq + 1
 
-    def bump(self, kind: LogEventKind, code: int, at_ms: int, within_ms: int, a: int, b: int) -> bool:
-        """Count one more event into a recent entry of this kind and code less than
-        ``within_ms`` old (an aggregated burst; interleaved codes each keep their entry),
-        with its values updated. False if a new entry is needed."""
+    def bump(self, kind: LogEventKind, code: int, a: int, b: int) -> bool:
+        """Count one more event into the newest entry of this kind and code among the last
+        ``_BURST_LOOKBACK`` entries, whatever its age, with its values updated (an aggregated
+        burst; interleaved codes each keep their entry). False if a new entry is needed: none
+        there, or its count is full. A flood of one code so takes a new entry only every 65,535
+        events, or after 32 other entries: it cannot push the clinical history out of the log."""
         for i in range(len(self._entries) - 1, max(-1, len(self._entries) - 1 - _BURST_LOOKBACK), -1):
             e = self._entries[i]
-            if at_ms - e.at_ms >= within_ms:
-                return False
-            if e.kind is kind and e.code == code and e.count < 0xFFFF:
+            if e.kind is kind and e.code == code:
+                if e.count >= 0xFFFF:
+                    return False
                 self._entries[i] = replace(e, count=e.count + 1, value_a=a, value_b=b)
                 return True
         return False

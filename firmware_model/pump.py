@@ -1065,10 +1065,10 @@ class Pump:
         """Write an entry for the device layer (sessions, aborts)."""
         self._log(kind, code, a, b)
 
-    def note_security_event(self, code: int, session_id: int, msg_type: int, burst_ms: int) -> None:
-        """Log a security refusal; one entry per burst of each code (its count grows), so a
-        flood cannot evict the log."""
-        if not self.log.bump(LogEventKind.SECURITY, code, self.now_ms, burst_ms, session_id, msg_type):
+    def note_security_event(self, code: int, session_id: int, msg_type: int) -> None:
+        """Log a security refusal, aggregated per code (``EventLog.bump``), so a flood cannot
+        evict the log."""
+        if not self.log.bump(LogEventKind.SECURITY, code, session_id, msg_type):
             self._log(LogEventKind.SECURITY, code, session_id, msg_type)
 
     # ------------------------------------------------------------------ non-volatile state
