@@ -62,9 +62,13 @@ spec: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --out bench/results.json
 
-## campaign: the long runs (larger hypothesis profile)
+## campaign: the long runs: the property tests at the campaign profile, then every reliability
+## and security campaign at full size (at most BUDGET each: a campaign stops early and says how
+## far it got), figures to bench/campaign.json and the README's table
+BUDGET ?= 1h
 campaign: $(STAMP)
 	HYPOTHESIS_PROFILE=campaign $(BIN)/python -m pytest -q
+	$(BIN)/pumprig campaign --size full --budget $(BUDGET) --out bench/campaign.json --readme README.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

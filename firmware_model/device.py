@@ -287,12 +287,7 @@ class Device:
             raise ValueError(f"host time runs forward only: {now_ms} < {self._host_ms}")
         self._host_ms = now_ms
         before = self.pump.now_ms
-        target = self.pump_time_ms
-        while self.pump.now_ms < target:
-            # commit the accounting of each step before the motor takes it
-            end = self.pump.next_motion_ms(target) if self.store is not None else target
-            self.checkpoint(until_ms=end)
-            self.pump.advance(end)
+        self._run_pump_to(self.pump_time_ms)
         for sid in [s for s, x in self._sessions.items() if now_ms - x.last_valid_ms > self.config.session_timeout_ms]:
             self._end_session(sid)
         self._notify_alarms(repeats_since_ms=before)
@@ -683,8 +678,7 @@ class Device:
             self._held_at += msg.delta_ms
         else:
             self._offset_ms += msg.delta_ms
-        self.checkpoint(until_ms=self.pump_time_ms)
-        self.pump.advance(self.pump_time_ms)
+        self._run_pump_to(self.pump_time_ms)
         self._notify_alarms(repeats_since_ms=before)
         return m.ClockReply(self.pump.now_ms, int(self._held_at is not None))
 
@@ -744,6 +738,15 @@ class Device:
         return m.StepLogReply(p.acc.steps_total, p.oldest_logged_step, first, tuple(m.StepTime(t) for t in times))
 
     # ------------------------------------------------------------------ notifications
+
+    def _run_pump_to(self, target_ms: int) -> None:
+        """Run the pump to ``target_ms``, committing the accounting of each motor step before
+        the motor takes it (with non-volatile memory): a power cut anywhere on the way loses at
+        most the step in flight, however long the jump."""
+        while self.pump.now_ms < target_ms:
+            end = self.pump.next_motion_ms(target_ms) if self.store is not None else target_ms
+            self.checkpoint(until_ms=end)
+            self.pump.advance(end)
 
     def _notify_alarms(self, repeats_since_ms: int | None = None) -> None:
         """ALARM_NOTIFY into every open session allowed to receive it, one per alarm event."""

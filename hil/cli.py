@@ -9,6 +9,7 @@ from protocol_spec import __version__
 from protocol_spec.cli import decode
 
 from . import urlhandler
+from .campaign_cli import campaign_command
 from .conform_cli import conform_command
 from .demo import demo
 from .keys_cli import keys_group
@@ -32,6 +33,7 @@ def cli() -> None:
       pumprig serve --pty               the virtual pump on a pty (or --tcp 127.0.0.1:0); prints its URL
       pumprig test --help               drive a served pump by hand: time, faults, the plant's true state
       pumprig conform --help            the protocol conformance suite against a pump, a board, a lab port
+      pumprig campaign --help           reliability and security campaigns: fuzzing, noise, replay, power loss
       pumprig keys --help               generate a device key set, show its key ids
 
     \b
@@ -58,6 +60,7 @@ cli.add_command(demo)
 cli.add_command(simulate_command)
 cli.add_command(serve_command)
 cli.add_command(conform_command)
+cli.add_command(campaign_command)
 cli.add_command(testrole_group)
 cli.add_command(keys_group)
 mount_programmer(cli)

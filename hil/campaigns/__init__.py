@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "README_BEGIN",
+    "README_END",
     "REGISTRY",
     "SIZES",
     "Budget",
