@@ -548,7 +548,7 @@ class Pump:
 
     def _start_bolus(self, kind: BolusKind, volume_nl: int, rate: int) -> None:
         self.bolus = Bolus(kind, volume_nl, rate, self.now_ms, volume_nl * MS_PER_DAY, kind in _REPLACES_BASAL)
-        if kind is not BolusKind.BRIDGE:
+        if not self._is_old_dose_bridge(kind, rate):
             end_ms = self.now_ms + -(-volume_nl * MS_PER_DAY // rate)
             self._dosing.add_bolus(self.now_ms, end_ms, _dose_up_ng(volume_nl, self.concentration_ug_per_ml))
         self._log(LogEventKind.BOLUS_STARTED, kind, volume_nl, -(-volume_nl * MS_PER_DAY // rate))
@@ -561,7 +561,7 @@ class Pump:
         delivered_nl = (bolus.volume_nl * MS_PER_DAY - bolus.remaining_nlms) // MS_PER_DAY
         self.bolus = None
         records = self._dosing.boluses
-        if bolus.kind is not BolusKind.BRIDGE and records and records[-1][0] == bolus.started_ms:
+        if records and records[-1][0] == bolus.started_ms:
             # what it delivered, when it ended (the planned end and dose were counted so far)
             delivered_ng = _dose_up_ng(delivered_nl + 1, self.concentration_ug_per_ml)
             records[-1] = (bolus.started_ms, self.now_ms, min(records[-1][2], delivered_ng))
@@ -600,13 +600,13 @@ class Pump:
             )
         return rate
 
+    def _is_old_dose_bridge(self, kind: BolusKind, rate_nl_per_day: int) -> bool:
+        """A BRIDGE no faster than the basal ran before the concentration changed: it delivers the
+        old dose in the basal's place and adds none (a faster one is a bolus like any other)."""
+        return kind is BolusKind.BRIDGE and 0 < rate_nl_per_day <= self._bridge_rate_nl_per_day
+
     def _basal_dose_ng_per_day(self) -> int:
-        """The daily dose the basal program delivers (its highest, for FLEX), whatever holds it;
-        while a bridge bolus takes its place, the bridge's (the old drug at its rate)."""
-        bolus = self.bolus
-        if bolus is not None and bolus.kind is BolusKind.BRIDGE:
-            conc = self._bridge_concentration or self.concentration_ug_per_ml
-            return max(self.program.dose_ng_per_day, _dose_up_ng(bolus.rate_nl_per_day, conc))
+        """The daily dose the basal program delivers (its highest, for FLEX), whatever holds it."""
         st = self._fsm.state
         if st is PumpState.CONTINUOUS:
             return self.program.dose_ng_per_day
@@ -653,13 +653,11 @@ class Pump:
         conc = self._bridge_concentration if kind is BolusKind.BRIDGE and self._bridge_concentration else None
         conc = conc or self.concentration_ug_per_ml
         dose = dose_ng_for_volume(volume_nl, conc)
-        if kind is BolusKind.PRIMING:
+        if not self._is_old_dose_bridge(kind, rate):
             top = self.limits.max_bolus_ng
             if dose > top:
                 raise RefusalError(ErrorCode.HARD_LIMIT, f"bolus of {dose} ng exceeds {top} ng", field=2, hi=top)
             self._check_daily_dose(bolus_ng=_dose_up_ng(volume_nl, conc), field=2)
-        else:  # a bridge takes the basal's place: its rate of the old drug counts as a basal dose
-            self._check_daily_dose(basal_ng_per_day=_dose_up_ng(rate, conc), field=3)
         return TherapyCheck(dose_ng_for_volume(rate, conc), rate, soft_limit_overridden=False)
 
     def start_bolus(self, kind: BolusKind, volume_nl: int, duration_ms: int, *, token: int = 0) -> TherapyCheck:

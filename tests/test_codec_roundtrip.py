@@ -152,6 +152,27 @@ def _compiled_named_struct(cls: type[Any]) -> Any:
     return _NAMED_WHOLE[cls]
 
 
+def _cut_short(cls: type[Any], container: Any, path: str = "") -> str | None:
+    """The first raw or text field a short payload left short, walking the named container."""
+    for info in field_infos(cls):
+        value = container[info.name]
+        name = f"{path}{info.name}"
+        if info.kind in ("raw", "text") and len(value) != info.width_bytes:
+            return name
+        if info.kind == "struct":
+            assert info.item is not None
+            found = _cut_short(info.item, value, f"{name}.")
+            if found is not None:
+                return found
+        elif info.kind == "array":
+            assert info.item is not None
+            for i, item in enumerate(value):
+                found = _cut_short(info.item, item, f"{name}[{i}].")
+                if found is not None:
+                    return found
+    return None
+
+
 def _reference_decode(cls: type[Any], payload: bytes) -> Any:
     """decode_payload as the named containers do it: compiled Struct, then from_container."""
     try:
@@ -163,6 +184,9 @@ def _reference_decode(cls: type[Any], payload: bytes) -> Any:
     except TruncatedError as exc:
         return DecodeError(ErrorCode.MALFORMED, f"{cls.__name__}: {exc}")
     except FieldRangeError as exc:
+        short = _cut_short(cls, container)
+        if short is not None:  # a payload cut short is MALFORMED before any range is judged
+            return DecodeError(ErrorCode.MALFORMED, f"{cls.__name__}: {short} is cut short")
         root = exc.field.split(".", 1)[0].split("[", 1)[0]
         top = [i.name for i in field_infos(cls)].index(root)
         return DecodeError(ErrorCode.OUT_OF_RANGE, str(exc), None, top, exc.lo, exc.hi)
