@@ -137,7 +137,7 @@ def render_table(entries: Iterable[dict[str, Any]]) -> str:
         run = f"{e['done']:,} of {e['size']:,} {e['unit']}" + ("" if e["complete"] else " (budget)")
         lines.append(
             f"| {e['row']} | {e['target']} | {run}, {e['wall_s']} s | {_figures(e['figures'])} | "
-            f"{'yes' if e['ok'] else '**no**'} |"
+            f"{'yes' if e['ok'] else '**no**: ' + (e['note'] or 'see bench/campaign.json')} |"
         )
     return "\n".join(lines)
 
