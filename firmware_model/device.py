@@ -110,6 +110,10 @@ class _Session:
     keys: SessionKeys
     channel: Channel
     last_valid_ms: int
+    key_id: int = 0
+    proven: bool = False
+    """The programmer has proven its key (a sealed frame of it verified). Until then the
+    session is pending: not logged, and it can displace only another pending session."""
 
 
 @dataclass
@@ -232,10 +236,19 @@ class Device:
         to ``until_ms`` its accounting at that time is committed first (write-ahead)."""
         if self.store is None:
             return
-        data, key = _encode_state(self.pump, self._outcomes, until_ms)
+        self._write_state(self.pump.firmware_record(until_ms=until_ms))
+
+    def _write_state(self, record: dict[str, Any], then: Callable[[], None] | None = None) -> None:
+        """Write the state record holding ``record`` (if anything worth a write changed), then
+        the event log. ``then`` runs at the state record's commit point (at once if no write
+        was needed)."""
+        assert self.store is not None
+        data, key = _encode_state(record, self._outcomes)
         if key != self._last_written:  # the clock or a fraction of a step alone is not worth a write
-            self.store.write("state", data)
+            self.store.write("state", data, on_committed=then)
             self._last_written = key
+        elif then is not None:
+            then()
         log = _encode_log(self.pump)
         if log != self._last_log:  # after the state: a cut between leaves the log short, never wrong
             self.store.write("log", log)
@@ -336,6 +349,8 @@ class Device:
                 self._refuse(h, session, replay.code, replay.detail)
                 return
             session.last_valid_ms = self._host_ms
+            if not session.proven:
+                self._prove(h.session_id, session)
             self._bad_tags_in_row = 0
             self._backoff_until_ms = 0
             if d.pre_session:
@@ -476,19 +491,32 @@ class Device:
         role_key = self.keys.by_id(msg.role, msg.key_id)
         if role_key is None or (msg.role is Role.TEST and not self.config.test_role):
             raise RefusalError(ErrorCode.UNKNOWN_KEY, "no such key on this device", field=1)
-        if len(self._sessions) >= self.config.max_sessions:
-            oldest = min(self._sessions, key=lambda sid: self._sessions[sid].last_valid_ms)
-            self._end_session(oldest)
+        # key ids are public: anyone can open, so an unproven session displaces only another
+        # unproven one (the pump holds max_sessions of each), and is logged once proven
+        self._make_room(proven=False)
         session_id = 0
         while session_id == 0 or session_id in self._sessions:
             session_id = int.from_bytes(self._entropy(4), "little")
         self._session_serial += 1
         nonce = pump_nonce(self._entropy(16), self.boot_counter, self._session_serial)
         keys = derive_session_keys(role_key, session_id, msg.client_nonce, nonce)
-        self._sessions[session_id] = _Session(msg.role, keys, Channel(from_pump=True, keys=keys), self._host_ms)
-        self.pump.log_event(LogEventKind.SESSION_OPENED, msg.role, session_id, msg.key_id)
+        channel = Channel(from_pump=True, keys=keys)
+        self._sessions[session_id] = _Session(msg.role, keys, channel, self._host_ms, msg.key_id)
         reply = m.SessionOpenReply(nonce, self.boot_counter, self.config.session_timeout_ms, keys.confirm)
         return _OpenedSession(session_id, reply)
+
+    def _make_room(self, *, proven: bool, keep: int = 0) -> None:
+        """Before one more session of a kind (proven or pending): if the pump already holds
+        ``max_sessions`` others of that kind, end the one idle longest (never ``keep``)."""
+        others = [sid for sid, x in self._sessions.items() if x.proven is proven and sid != keep]
+        if len(others) >= self.config.max_sessions:
+            self._end_session(min(others, key=lambda sid: self._sessions[sid].last_valid_ms))
+
+    def _prove(self, session_id: int, session: _Session) -> None:
+        """The first sealed frame of the session verified: the programmer holds the key."""
+        session.proven = True
+        self._make_room(proven=True, keep=session_id)
+        self.pump.log_event(LogEventKind.SESSION_OPENED, session.role, session_id, session.key_id)
 
     def _end_session(self, session_id: int) -> None:
         session = self._sessions.pop(session_id, None)
@@ -496,7 +524,8 @@ class Device:
             return
         if self._staged is not None and self._staged.session_id == session_id:
             self._drop_stage()  # a lost or closed session never leaves a change half-applied
-        self.pump.log_event(LogEventKind.SESSION_CLOSED, session.role, session_id)
+        if session.proven:  # a pending one was never logged as opened
+            self.pump.log_event(LogEventKind.SESSION_CLOSED, session.role, session_id)
 
     def _session_close(self, _msg: m.SessionClose, _h: Header, _s: _Session | None) -> m.Ack:
         return m.Ack()
@@ -678,11 +707,15 @@ class Device:
             self._held_at += msg.delta_ms
         else:
             self._offset_ms += msg.delta_ms
-        # one commit for the whole jump, ahead of it: committing each step (as host time does)
-        # makes a jump of years on a pump with memory take hours; a cut right after this write
-        # over-counts the jump's steps (a known gap, shown by the power-loss campaign's test)
-        self.checkpoint(until_ms=self.pump_time_ms)
-        self.pump.advance(self.pump_time_ms)
+        target_ms = self.pump_time_ms
+        if self.store is None:
+            self.pump.advance(target_ms)
+        else:
+            # one transaction: the pump's record at the end of the jump (worked out on a twin) is
+            # committed, and the pump (motor and all) moves there at that commit point. A power
+            # cut anywhere leaves the old time and accounting or the new ones, never one without
+            # the other; committing each step of a jump of years would take hours.
+            self._write_state(self.pump.record_at(target_ms), then=lambda: self.pump.advance(target_ms))
         self._notify_alarms(repeats_since_ms=before)
         return m.ClockReply(self.pump.now_ms, int(self._held_at is not None))
 
@@ -783,7 +816,7 @@ class Device:
             return
         roles = CATALOG[MsgType.ALARM_NOTIFY].roles
         for session in self._sessions.values():
-            if session.role not in roles:
+            if session.role not in roles or not session.proven:  # a pending one may be anyone's
                 continue
             for code, event, at_ms, alarm_set in events:
                 note = m.AlarmNotify(code, event, alarm_priority(code), tone_of(code), at_ms, AlarmSet(alarm_set))
@@ -797,10 +830,11 @@ def nv_layout(pump_config: PumpConfig, config: DeviceConfig) -> NvLayout:
     return NvLayout.of({"boot": 8, "state": state_bytes, "log": pump_config.event_log_capacity * _LOG_ENTRY_BYTES})
 
 
-def _encode_state(pump: Pump, outcomes: OrderedDict[int, _Outcome], until_ms: int | None = None) -> tuple[bytes, bytes]:
-    """The state record, and the same without the clock (to tell whether anything changed)."""
+def _encode_state(record: dict[str, Any], outcomes: OrderedDict[int, _Outcome]) -> tuple[bytes, bytes]:
+    """The state record (the pump's firmware record and the exactly-once table), and the same
+    without the clock (to tell whether anything changed)."""
     doc: dict[str, Any] = {
-        "pump": pump.firmware_record(until_ms=until_ms),
+        "pump": record,
         "outcomes": [
             [
                 cid,

@@ -282,13 +282,17 @@ class NvStore:
         index = _newest(*copies)
         return None if index is None else copies[index].seq
 
-    def write(self, name: str, payload: bytes) -> None:
+    def write(self, name: str, payload: bytes, on_committed: Callable[[], None] | None = None) -> None:
         """Commit ``payload`` as the new value of ``name``, with the next sequence number, into
         both copies: first the one that is not the newest valid one, then the other (two write
         points). A power cut during the first leaves the old value in the second; during the
         second, the new value in the first. Afterwards both copies hold the newest value, so
         a bit flip in either loses nothing. If it raises ``PowerCutError``, the image holds
-        the old or the new value."""
+        the old or the new value.
+
+        ``on_committed`` runs when the first copy has landed whole: the commit point, from
+        which a boot loads the new value. What must happen together with the write (and never
+        without it) happens there."""
         record = self.layout.record(name)
         if len(payload) > record.capacity:
             raise ValueError(f"record {name!r}: {len(payload)} bytes exceed the capacity of {record.capacity}")
@@ -303,6 +307,8 @@ class NvStore:
         offsets = self.layout.copy_offsets(name)
         data = encode_copy(record, seq, payload)
         self._physical_write(offsets[target], data)
+        if on_committed is not None:
+            on_committed()
         self._physical_write(offsets[1 - target], data)
 
     def recover(self) -> BootReport:

@@ -12,6 +12,7 @@ before anything changes: a refusal raises ``RefusalError`` and leaves the pump a
 from __future__ import annotations
 
 import bisect
+import copy
 import itertools
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -1113,6 +1114,15 @@ class Pump:
             a = self.acc
             end = min(end, self.now_ms + max(1, ms_to_reach(a.integral_nlms, (a.steps_total + 1) * self._q, rate)))
         return end
+
+    def record_at(self, until_ms: int) -> dict[str, Any]:
+        """The firmware record the pump will hold at ``until_ms`` if nothing else happens (a
+        twin is run there; this pump does not change)."""
+        if until_ms <= self.now_ms:
+            return self._exact_record()
+        twin = copy.deepcopy(self)
+        twin.advance(until_ms)
+        return twin._exact_record()
 
     def _projected(self, record: dict[str, Any], until_ms: int) -> Pump:
         twin, _ = Pump.restore(self.config, record, self.plant())

@@ -114,6 +114,8 @@ _IDLE_S = 0.005
 _RESOLVE_ROUNDS = 2
 """Rounds of (read the outcomes, send the same command id) before an outcome is called uncertain."""
 _RECORDED_KEPT = 64
+_STAGE_ATTEMPTS = 3
+"""Stages sent (each a new command) before a stage whose reply is lost is reported."""
 
 T = TypeVar("T")
 
@@ -685,7 +687,16 @@ class Programmer:
         return self._typed(m.ReadProgram(slot), m.Program)
 
     def _stage(self, request: object) -> m.StageReply:
-        reply = self._typed(request, m.StageReply)
+        """A stage and its token. Staging replaces the staged change and changes nothing else
+        (SPEC.md, two-step programming), so a stage whose reply was lost is simply staged again
+        as a new command: only its reply, the token, is of any use."""
+        for attempt in range(_STAGE_ATTEMPTS):
+            try:
+                reply = self._typed(request, m.StageReply)
+                break
+            except (ReplyLost, UncertainOutcome):
+                if attempt == _STAGE_ATTEMPTS - 1:
+                    raise
         try:
             expected = crc32(encode_payload(request))
         except FieldRangeError as exc:  # pragma: no cover - it was encoded to be sent

@@ -331,7 +331,12 @@ _LOG_FIELDS: dict[LogEventKind, tuple[str, str, str, str]] = {
         "value staged",
         "soft limit crossed",
     ),
-    LogEventKind.SESSION_OPENED: ("A session was opened.", "Role", "session id", "key id"),
+    LogEventKind.SESSION_OPENED: (
+        "A session was opened and its programmer proved its key (its first sealed frame verified).",
+        "Role",
+        "session id",
+        "key id",
+    ),
     LogEventKind.SESSION_CLOSED: ("A session ended (closed or timed out).", "Role", "session id", "-"),
     LogEventKind.MEMORY_REPAIRED: (
         "One copy of the non-volatile state was corrupt and was rewritten from the other.",

@@ -293,9 +293,13 @@ class Rig:
         self.sessions[session.session_id] = session
         return ex, session
 
-    def open(self, role: Role, *, keys: KeySet = TEST_KEY_SET, at: int | None = None) -> Session:
+    def open(self, role: Role, *, keys: KeySet = TEST_KEY_SET, at: int | None = None, prove: bool = True) -> Session:
+        """A session, proven by a first STATUS as a programmer's first request would (the
+        pump counts and logs a session once its key is proven); ``prove=False``: pending."""
         ex, session = self.try_open(role, keys=keys, at=at)
         assert session is not None, f"{role.name} session refused: {ex.reply}"
+        if prove:
+            self.ok(m.Status(), session)
         return session
 
     # ------------------------------------------------------------------ requests

@@ -77,6 +77,7 @@ Q = 250 * MS_PER_DAY
 PATIENT_SETTINGS = EXAMPLE_REQUESTS[MsgType.STAGE_PATIENT_BOLUS].settings
 """25 ug over 10 min, 1 h lockout, 4 per 24 h."""
 SESSION_TIMEOUT_MS = DeviceConfig().session_timeout_ms
+MAX_SESSIONS = DeviceConfig().max_sessions
 
 
 def _pump(*, volume_nl: int = 20_000_000, program: m.Program | None = P0, config: PumpConfig | None = None) -> Pump:
@@ -489,6 +490,34 @@ def test_frames_of_one_session_never_verify_in_another() -> None:
     body[3:7] = c.session_id.to_bytes(4, "little")
     ex = rig.deliver(encode_frame(bytes(body)), at=8_000)
     assert ex.code is ErrorCode.BAD_TAG
+
+
+def test_a_flood_of_session_opens_displaces_no_proven_session_and_logs_nothing() -> None:
+    """Key ids are public: SESSION_OPENs that never prove the key are pending sessions, which
+    displace only each other and are never logged."""
+    rig = _rig()
+    clin = rig.open(Role.CLINICIAN)
+    patient = rig.open(Role.PATIENT)
+    first_seq = rig.pump.log.next_seq
+    for _ in range(10 * MAX_SESSIONS):
+        rig.try_open(Role.CLINICIAN)  # the keys are derived, never used: nothing proven
+    assert rig.device.open_sessions == 2 + MAX_SESSIONS
+    assert rig.pump.log.next_seq == first_seq, "nothing logged, nothing evicted"
+    assert rig.ok(m.Status(), clin).rate_nl_per_day == rig.ok(m.Status(), patient).rate_nl_per_day
+
+
+def test_a_proven_session_past_the_bound_displaces_the_proven_one_idle_longest() -> None:
+    rig = _rig()
+    sessions = [rig.open(Role.CLINICIAN, at=rig.now_ms + 1) for _ in range(MAX_SESSIONS)]
+    newest = rig.open(Role.PATIENT, at=rig.now_ms + 1, prove=False)
+    for session in sessions[1:]:
+        rig.ok(m.Status(), session)  # a pending session displaces no proven one
+    rig.ok(m.Status(), newest)  # proven now: the idle-longest proven session ends
+    assert rig.send(m.Status(), sessions[0]).code is ErrorCode.NO_SESSION
+    opened = [e.value_a for e in rig.pump.log.entries(LogEventKind.SESSION_OPENED)]
+    closed = [e.value_a for e in rig.pump.log.entries(LogEventKind.SESSION_CLOSED)]
+    assert opened[-1] == newest.session_id
+    assert closed[-1] == sessions[0].session_id
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
@@ -1006,7 +1035,8 @@ def _log_case_session_opened(rig: Rig, s: dict[Role, Session]) -> tuple[LogEvent
     del s
     key = TEST_KEY_SET.for_role(Role.PATIENT)
     assert key is not None
-    return LogEventKind.SESSION_OPENED, Role.PATIENT, rig.open(Role.PATIENT).session_id, key.key_id
+    session = rig.open(Role.PATIENT)  # logged once the programmer proves its key (a first STATUS)
+    return LogEventKind.SESSION_OPENED, Role.PATIENT, session.session_id, key.key_id
 
 
 def _log_case_session_closed(rig: Rig, s: dict[Role, Session]) -> tuple[LogEventKind, int, int, int]:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -765,6 +766,26 @@ def test_reply_lost_when_the_pump_lists_it_but_its_reply_never_arrives() -> None
     assert _refills(device) == refills + 1
     ids = {h.command_id for h in link.sent if h.msg_type == MsgType.REFILL}
     assert ids == {lost_reply.value.command_id}
+
+
+def test_a_stage_whose_reply_is_lost_is_staged_again_as_a_new_command() -> None:
+    """Staging replaces the staged change and nothing else, so the programmer stages again
+    (a new command id) rather than report a lost token it cannot commit."""
+    device = _device()
+    lost, heard = True, False
+    # STAGE x4 unanswered; INTERROGATE lists it OK; STAGE again x4 unanswered; a new session
+    # and INTERROGATE; STAGE again x4 unanswered: that stage's reply is lost. The next one is heard.
+    replies = [lost] * 4 + [heard] + [lost] * 4 + [heard, heard] + [lost] * 4
+    link = LossyLink(device, [], replies, dead=False)
+    prog = Programmer(link, keys=TEST_KEY_SET, role=Role.CLINICIAN, clock=link.clock, sleep=link.sleep)
+    prog.connect()
+    link.armed = True
+    program = replace(device.pump.program, dose_ng_per_day=device.pump.program.dose_ng_per_day + 1_000)
+    staged = prog.stage_program(program)
+    stage_ids = [h.command_id for h in link.sent if h.msg_type == MsgType.STAGE_PROGRAM]
+    assert len(set(stage_ids)) == 2, "the lost stage, then one new stage"
+    assert prog.commit(staged.stage_token).stage_token == staged.stage_token
+    assert device.pump.program == program
 
 
 def test_a_patient_only_key_set_resolves_by_the_same_command_id() -> None:

@@ -43,6 +43,7 @@ from .pump_strategies import (
     patient_settings,
     quantum,
     refill,
+    scenarios,
     single_bolus_programs,
     small_battery,
 )
@@ -343,3 +344,22 @@ def test_every_step_is_reported_where_it_fell(data: st.DataObject) -> None:
     steps = pump.acc.steps_total
     for k, t in enumerate(pump.step_times(0, steps)):
         assert ideal_nlms(pieces, t) >= (k + 1) * q > ideal_nlms(pieces, t - 1), f"step {k} at {t}"
+
+
+@given(scenarios(), _TIME)
+def test_the_record_at_a_later_time_is_the_record_the_pump_reaches_there(
+    scenario: tuple[Pump, list[Action]], ms: int
+) -> None:
+    """A time jump on a pump with memory commits ``record_at(t)`` and moves the pump to ``t`` at
+    that commit point: the two must be one and the same state, whatever the pump was doing."""
+    pump, actions = scenario
+    for action in actions:
+        apply(pump, action)
+    target = pump.now_ms + ms
+    before = pump.firmware_record()
+    log_before = pump.log.entries()
+    record = pump.record_at(target)
+    assert pump.firmware_record() == before, "record_at changes nothing"
+    assert pump.log.entries() == log_before
+    pump.advance(target)
+    assert record == pump.firmware_record()

@@ -53,6 +53,8 @@ from protocol_spec.security import TEST_KEY_SET
 from . import Budget, Outcome, campaign
 
 __all__ = [
+    "EFFECTS",
+    "OP_KINDS",
     "CutCheck",
     "OpCheck",
     "check_cut",
@@ -179,6 +181,8 @@ class OpCheck:
 def _believed(check: OpCheck) -> int | None:
     """How many times the programmer believes the command ran (None: it may not know)."""
     r = check.result
+    if isinstance(r, (ReplyLost, UncertainOutcome)) and r.msg_type is not EFFECTS[check.kind][2]:
+        return 0  # an earlier step (a stage) was lost: the command with the effect was never sent
     if isinstance(r, ReplyLost):
         return 1
     if isinstance(r, UncertainOutcome):
@@ -225,7 +229,7 @@ class _Schedule:
     delay_ms: int = 0
 
 
-_EFFECT: dict[str, tuple[LogEventKind, int | None, MsgType]] = {
+EFFECTS: dict[str, tuple[LogEventKind, int | None, MsgType]] = {
     "program": (LogEventKind.PROGRAM_COMMITTED, StageKind.PROGRAM, MsgType.COMMIT),
     "priming": (LogEventKind.BOLUS_STARTED, BolusKind.PRIMING, MsgType.COMMIT),
     "patient": (LogEventKind.BOLUS_STARTED, BolusKind.PATIENT, MsgType.PATIENT_BOLUS_REQUEST),
@@ -235,7 +239,9 @@ _EFFECT: dict[str, tuple[LogEventKind, int | None, MsgType]] = {
     "alarms": (LogEventKind.ALARM_CONFIG, None, MsgType.CONFIGURE_ALARMS),
     "limits": (LogEventKind.LIMITS_SET, None, MsgType.SET_LIMITS),
 }
-OP_KINDS = tuple(_EFFECT)
+"""Per kind of effectful operation: the log entry (and code) that shows it was carried out, and
+the message whose outcome says so."""
+OP_KINDS = tuple(EFFECTS)
 _PROGRAM_DOSES_NG_PER_DAY = (250_000, 300_000, 340_000, 380_000)
 _LOWER_LIMITS = replace(LIMITS, hard_limit_ng_per_day=1_900_000, max_bolus_ng=400_000)
 
@@ -354,7 +360,7 @@ def _clean_interrogation(s: _Schedule) -> m.InterrogateReply:
 
 def _one_op(s: _Schedule, kind: str, counts: dict[str, int]) -> list[str]:
     device = s.device
-    log_kind, code, msg_type = _EFFECT[kind]
+    log_kind, code, msg_type = EFFECTS[kind]
     first_seq = device.pump.log.next_seq
     old_program = device.pump.program
     result, holds = _run_op(s, kind)
@@ -838,8 +844,9 @@ def memory_corruption(size: int, budget: Budget, seed: int) -> Outcome:
         n_flips = 0
         for copy in copies:
             offset = layout.copy_offsets(name)[copy]
-            for _ in range(rng.choice((1, 1, 1, 2, 3, 8))):
-                corrupt(bad, offset * 8 + rng.randrange(size_bits))
+            # distinct bits: the same bit flipped twice is no corruption at all
+            for bit in rng.sample(range(size_bits), rng.choice((1, 1, 1, 2, 3, 8))):
+                corrupt(bad, offset * 8 + bit)
                 n_flips += 1
         flips += n_flips
         device, report = _boot(bytes(bad), base.pump, base._host_ms)
