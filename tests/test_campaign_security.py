@@ -113,6 +113,15 @@ def test_a_flood_for_an_hour_changes_no_delivery_and_evicts_nothing() -> None:
     assert o.figures["battery_overhead_permille_of_day"] > 0
 
 
+def test_a_flood_of_session_opens_cuts_off_no_programmer_and_logs_nothing() -> None:
+    """Found by this campaign: key ids are public, and the pump logged every SESSION_OPEN and,
+    past its bound, ended the genuine programmer's session to make room for one."""
+    o = sec._dos_day(5_000, Budget(None), SEED, duration_ms=3_600_000, mix=("session_open",))
+    assert o.figures["genuine_polls_answered"] == o.figures["genuine_polls"] > 0
+    assert o.figures["log_entries_written"] == 0
+    assert o.ok, o
+
+
 def test_denial_of_service_for_24_hours() -> None:
     """Found by this campaign: security bursts were aggregated for 60 s only, so a day-long flood
     wrote over 1,440 entries per code and evicted the 1,024-entry log."""

@@ -20,7 +20,7 @@ from firmware_model.config import PumpConfig
 from firmware_model.device import Device, DeviceConfig
 from firmware_model.presets import boot_device, make_pump
 from firmware_model.pump import Pump
-from programmer.session import AlarmNotified, ProgrammerSession, ReplyReceived, SessionOpened
+from programmer.session import AlarmNotified, ProgrammerSession, ReplyReceived, SessionOpened, SessionState
 from protocol_spec import messages as m
 from protocol_spec.catalog import CATALOG, request_type_of
 from protocol_spec.channel import Channel
@@ -241,8 +241,11 @@ class _Programmer:
         return event.session_id
 
     def call(self, message: object) -> Any:
+        pre_session = CATALOG[request_type_of(message)].pre_session
+        if not pre_session and self.session.state is SessionState.LOST:
+            raise _Refused(f"{self.role.name}: the session is {self.session.state.value}")
         data = self.session.send(message, self.wire.now_ms)
-        if not CATALOG[request_type_of(message)].pre_session:
+        if not pre_session:
             self.sent.append(data)
         event = self._run(data)
         if not isinstance(event, ReplyReceived):
@@ -546,6 +549,7 @@ def _role_device(seed: int) -> tuple[_Wire, dict[Role, _Programmer], random.Rand
     }
     for p in sessions.values():
         p.open()
+        p.call(m.Status())  # the key proven, as a programmer's first request proves it
     sessions[Role.CLINICIAN].call(EXAMPLE_REQUESTS[MsgType.STAGE_PROGRAM])
     pump.start_bolus(BolusKind.BRIDGE, 100_000, _MS_PER_HOUR)
     return wire, sessions, rng
@@ -767,9 +771,10 @@ def eavesdropping(size: int, budget: Budget, seed: int) -> Outcome:
 # ====================================================================== 5. denial of service
 
 
-FLOOD_MIX: tuple[str, ...] = ("no_session_plaintext", "no_session_unknown_id", "bad_tag", "bad_tag")
+FLOOD_MIX: tuple[str, ...] = ("no_session_plaintext", "no_session_unknown_id", "session_open", "bad_tag", "bad_tag")
 """What the flood is made of, in equal turns: session-only requests in plaintext, SECURED frames
-naming a session the pump does not hold, and forged frames on the genuine programmer's session."""
+naming a session the pump does not hold, SESSION_OPENs with the published key ids of every role
+(never proven), and forged frames on the genuine programmer's session."""
 _FLOOD_FRAME_BYTES = 56
 """A flood frame on the wire (a sealed STATUS with its delimiters: about 55 bytes)."""
 LINE_RATE_FRAMES_PER_S = LINK_BAUD // BITS_PER_BYTE // _FLOOD_FRAME_BYTES
@@ -786,6 +791,10 @@ def _flood_frames(
 ) -> list[bytes]:
     frames = []
     for _ in range(n):
+        if kind == "session_open":  # key ids are public; the key is not
+            key = TEST_KEY_SET.keys[rng.randrange(len(TEST_KEY_SET.keys))]
+            frames.append(plain.request(m.SessionOpen(key.role, key.key_id, rng.randbytes(16)), 0).data)
+            continue
         message = _FORGED_REQUESTS[rng.randrange(len(_FORGED_REQUESTS))]
         cid = rng.getrandbits(63) + 1 if CATALOG[request_type_of(message)].effectful else 0
         if kind == "no_session_plaintext":
@@ -922,10 +931,10 @@ _ALARM_KINDS = frozenset(
 )
 def denial_of_service(size: int, budget: Budget, seed: int) -> Outcome:
     """A flood of unauthenticated frames (session-only requests in plaintext, SECURED frames of a
-    session the pump does not hold) and of forged frames on the genuine session, spread evenly
-    over 24 virtual hours (the full size is the line rate, 115200 baud), against a pump
-    delivering 300 ug/day, and the same pump without the flood: delivered steps and alarm events
-    must be equal, the genuine programmer's polls answered, the log entries from before the flood
-    still there. The battery charge the flood cost (every frame received or sent is charged) is
-    reported per mille of the quiet pump's daily consumption."""
+    session the pump does not hold, SESSION_OPENs that never prove the key) and of forged frames
+    on the genuine session, spread evenly over 24 virtual hours (the full size is the line rate,
+    115200 baud), against a pump delivering 300 ug/day, and the same pump without the flood:
+    delivered steps and alarm events must be equal, the genuine programmer's polls answered, the
+    log entries from before the flood still there. The battery charge the flood cost (every frame
+    received or sent is charged) is reported per mille of the quiet pump's daily consumption."""
     return _dos_day(size, budget, seed)
