@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -10,9 +11,12 @@ import firmware_model.device as device_module
 from hil.campaigns import REGISTRY, Budget, Outcome
 from hil.campaigns import security as sec
 from protocol_spec import messages as m
+from protocol_spec import security
 from protocol_spec.catalog import CATALOG
 from protocol_spec.channel import Channel
 from protocol_spec.enums import DrugId, Role
+
+from .clear_cipher import ClearCipher
 
 SEED = 1
 
@@ -96,6 +100,25 @@ def test_eavesdropping_finds_nothing_in_sealed_traffic() -> None:
     assert o.figures["plaintext_matches"] == 0
     assert o.figures["patterns_missing_from_plaintext"] == 0
     assert o.figures["expected_chance_matches_ppm"] < 1_000_000
+
+
+def test_the_chance_bound_tolerates_what_random_bytes_show_and_no_leak() -> None:
+    """Random ciphertext matches a 4-byte pattern now and then: the row allows what chance gives
+    but once in a million runs, which a leak (a match in every session) far exceeds."""
+    assert sec.chance_bound(0) == 0
+    assert sec.chance_bound(81_314) == 4  # the full run's expectation: 0.08 matches
+    assert sec.chance_bound(1_000_000) == 9
+    lam = 0.08
+    tail = 1 - sum(math.exp(-lam) * lam**k / math.factorial(k) for k in range(sec.chance_bound(80_000) + 1))
+    assert tail < sec.FALSE_ALARM
+    assert sec.scan_each([b"..abcd", b"cd.."], {b"abcd", b"dcd."}) == 1, "no match straddles two frames"
+
+
+def test_eavesdropping_fails_on_a_pump_that_sends_in_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(security, "ChaCha20Poly1305", ClearCipher)
+    o = sec.eavesdropping(6, Budget(None), SEED)
+    assert not o.ok
+    assert o.figures["matches"] > o.figures["chance_bound"]
 
 
 def test_the_scan_finds_known_plaintext_when_it_is_there() -> None:

@@ -56,7 +56,7 @@ def test_a_budget_stops_a_campaign_cleanly_and_the_table_says_so() -> None:
     whole = run_campaign(c, 10, None, seed=1)
     assert (whole["done"], whole["complete"]) == (10, True)
     table = render_table([stopped, whole])
-    assert "(budget)" in table.splitlines()[2]
+    assert "(stopped by the budget of 0.05 s)" in table.splitlines()[2]
     assert "10 of 10 units" in table.splitlines()[3]
 
 

@@ -19,8 +19,7 @@ from hil.conformance.dut import SUITE_DOSE_NG_PER_DAY, DeviceUnderTest, continuo
 from hil.conformance.requirements import PROFILES, RequirementError, load_requirements
 from hil.conformance.runner import collect_suite, group_by_requirement
 from hil.conformance.sharedport import SharedPort
-from hil.conformance.targets import Target, TargetError, load_targets, target_for_url
-from hil.urlhandler import register
+from hil.conformance.targets import Target, TargetError, load_targets
 from protocol_spec import messages as m
 from protocol_spec.codec import Header, encode_header
 from protocol_spec.enums import (
@@ -36,6 +35,7 @@ from protocol_spec.enums import (
 from protocol_spec.framing import encode_frame
 
 from .serving import pumprig_command, served, stop_cleanly
+from .virtual_target import connected
 
 CONFORM_TIMEOUT_S = 600
 
@@ -205,12 +205,8 @@ def test_list_shows_every_requirement_with_its_tests() -> None:
 
 @pytest.fixture
 def dut() -> Iterator[DeviceUnderTest]:
-    register()
-    d = DeviceUnderTest.connect(target_for_url("pump://"))
-    try:
+    with connected() as d:
         yield d
-    finally:
-        d.close()
 
 
 def _mess_up(d: DeviceUnderTest) -> None:

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hil.conformance import DeviceUnderTest
 
 __all__ = [
     "README_BEGIN",
@@ -32,6 +35,7 @@ __all__ = [
     "Outcome",
     "campaign",
     "load_all",
+    "over_link",
     "render_table",
     "run_campaign",
     "update_readme",
@@ -78,10 +82,19 @@ class Campaign:
     """(CI size, full size)."""
     run: Callable[[int, Budget, int], Outcome] = field(repr=False)
     """``run(size, budget, seed)``."""
+    link: LinkRun | None = field(default=None, repr=False)
+    """The same row over a link against any target (``over_link``), or None."""
+    link_sizes: tuple[int, int] = (0, 0)
+    """(CI size, full size) over a link: a real link carries far fewer frames a second."""
+    link_needs: tuple[str, ...] = ()
+    """Features the target must announce (names of ``Feature``) for the run over a link."""
 
-    def size(self, which: str) -> int:
-        return self.sizes[SIZES.index(which)]
+    def size(self, which: str, *, over_link: bool = False) -> int:
+        return (self.link_sizes if over_link else self.sizes)[SIZES.index(which)]
 
+
+LinkRun = Callable[[int, Budget, int, "DeviceUnderTest"], Outcome]
+"""``run(size, budget, seed, pump)``: a campaign through the protocol alone, on a connected target."""
 
 REGISTRY: dict[str, Campaign] = {}
 
@@ -100,10 +113,42 @@ def campaign(
     return register
 
 
-def run_campaign(c: Campaign, size: int, budget_s: float | None, seed: int) -> dict[str, Any]:
-    """Run one campaign; its entry in bench/campaign.json."""
+def over_link(name: str, *, sizes: tuple[int, int], needs: tuple[str, ...] = ()) -> Callable[[LinkRun], LinkRun]:
+    """Register ``run(size, budget, seed, pump)`` as campaign ``name`` (registered in-process
+    first) over a link: black-box, through the protocol alone, on any target that announces
+    the features ``needs``."""
+
+    def register(run: LinkRun) -> LinkRun:
+        c = REGISTRY.get(name)
+        if c is None:
+            raise ValueError(f"campaign {name!r} must be registered before its run over a link")
+        if c.link is not None:
+            raise ValueError(f"campaign {name!r} has a run over a link already")
+        REGISTRY[name] = replace(c, link=run, link_sizes=sizes, link_needs=needs)
+        return run
+
+    return register
+
+
+def run_campaign(
+    c: Campaign, size: int, budget_s: float | None, seed: int, pump: DeviceUnderTest | None = None
+) -> dict[str, Any]:
+    """Run one campaign (over a link to ``pump`` if given); its entry in bench/campaign.json."""
     started = time.monotonic()
-    outcome = c.run(size, Budget(budget_s), seed)
+    if pump is None:
+        outcome = c.run(size, Budget(budget_s), seed)
+    else:
+        if c.link is None:
+            raise ValueError(f"campaign {c.name!r} has no run over a link")
+        outcome = c.link(size, Budget(budget_s), seed, pump)
+    extra: dict[str, Any] = {}
+    if pump is not None:
+        i = pump.interrogate_at_start
+        extra = {
+            "target": pump.target.name,
+            "url": pump.target.url,
+            "device": f"{i.model} {i.serial_number} firmware {i.firmware_major}.{i.firmware_minor}.{i.firmware_patch}",
+        }
     return {
         "name": c.name,
         "row": c.row,
@@ -116,7 +161,9 @@ def run_campaign(c: Campaign, size: int, budget_s: float | None, seed: int) -> d
         "ok": outcome.ok,
         "note": outcome.note,
         "seed": seed,
+        "budget_s": budget_s,
         "wall_s": round(time.monotonic() - started, 2),
+        **extra,
     }
 
 
@@ -134,7 +181,9 @@ def render_table(entries: Iterable[dict[str, Any]]) -> str:
         "|---|---|---|---|---|",
     ]
     for e in entries:
-        run = f"{e['done']:,} of {e['size']:,} {e['unit']}" + ("" if e["complete"] else " (budget)")
+        budget = e.get("budget_s")
+        stopped = f" (stopped by the budget of {budget:g} s)" if budget is not None else " (stopped by the budget)"
+        run = f"{e['done']:,} of {e['size']:,} {e['unit']}" + ("" if e["complete"] else stopped)
         lines.append(
             f"| {e['row']} | {e['target']} | {run}, {e['wall_s']} s | {_figures(e['figures'])} | "
             f"{'yes' if e['ok'] else '**no**: ' + (e['note'] or 'see bench/campaign.json')} |"
@@ -151,7 +200,7 @@ def update_readme(readme: str, table: str) -> str:
     return f"{head}{README_BEGIN}\n{table}\n{README_END}{tail}"
 
 
-MODULES = ("frames", "security", "reliability")
+MODULES = ("frames", "security", "reliability", "link_frames", "link_security", "link_reliability")
 """The modules that register campaigns (``load_all`` imports them)."""
 
 

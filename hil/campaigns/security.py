@@ -11,6 +11,7 @@ in the event log as a SECURITY entry (aggregated: the entries' counts add up to 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,11 +55,16 @@ from protocol_spec.timing import BITS_PER_BYTE, LINK_BAUD
 from . import Budget, Outcome, campaign
 
 __all__ = [
+    "FALSE_ALARM",
     "FLOOD_MIX",
     "Probe",
+    "chance_bound",
     "chance_matches_ppm",
     "eavesdrop_patterns",
+    "is_number_pattern",
+    "patient_values",
     "scan",
+    "scan_each",
 ]
 
 _MS_PER_S = 1_000
@@ -633,7 +639,7 @@ def eavesdrop_patterns(values: list[object]) -> set[bytes]:
 _PATIENT_SUFFIXES = ("_nl", "_ng", "_ng_per_day", "_ug_per_ml", "_nl_per_day")
 
 
-def _patient_values(message: object) -> list[object]:
+def patient_values(message: object) -> list[object]:
     """Patient data in a payload: serial number, model, and every dose, concentration, volume."""
     out: list[object] = []
     if not dataclasses.is_dataclass(message) or isinstance(message, type):
@@ -644,14 +650,19 @@ def _patient_values(message: object) -> list[object]:
             out.append(v)
         elif isinstance(v, tuple):
             for item in v:
-                out += _patient_values(item)
+                out += patient_values(item)
         else:
-            out += _patient_values(v)
+            out += patient_values(v)
     return out
 
 
-def _is_number_pattern(pattern: bytes, values: list[object]) -> bool:
+def is_number_pattern(pattern: bytes, values: list[object]) -> bool:
     return all(not isinstance(v, str) or v.encode("ascii") != pattern for v in values)
+
+
+def scan_each(parts: list[bytes], patterns: set[bytes]) -> int:
+    """``scan`` of each part apart (frames: a match never straddles two)."""
+    return sum(scan(part, patterns) for part in parts)
 
 
 def scan(data: bytes, patterns: set[bytes]) -> int:
@@ -671,10 +682,30 @@ def chance_matches_ppm(scanned_bytes: int, patterns: set[bytes]) -> int:
     return int(expected * 1_000_000 + 0.5)
 
 
+FALSE_ALARM = 1e-6
+"""How rarely a sound cipher may fail the eavesdropping row by chance."""
+
+
+def chance_bound(expected_ppm: int, false_alarm: float = FALSE_ALARM) -> int:
+    """The most matches random ciphertext shows but with probability ``false_alarm``: the least
+    k with P(Poisson(expected) > k) < false_alarm. Sealed bytes are indistinguishable from random,
+    so a 4-byte pattern turns up in megabytes of them now and then (``chance_matches_ppm``); a
+    leak turns up in every session, thousands of times over."""
+    lam = expected_ppm / 1_000_000
+    term = math.exp(-lam)  # P(X = 0)
+    below = term
+    k = 0
+    while 1.0 - below >= false_alarm:
+        k += 1
+        term *= lam / k
+        below += term
+    return k
+
+
 @campaign(
     "eavesdropping",
     row="eavesdropping",
-    target="0 matches",
+    target="0 matches beyond chance (at most what random bytes show but once in a million runs)",
     unit="sessions captured",
     sizes=(600, 30_000),
 )
@@ -710,46 +741,47 @@ def eavesdropping(size: int, budget: Budget, seed: int) -> Outcome:
         # every patient value that crossed the link, either way
         keys = p.session.session_keys
         assert keys is not None
-        sealed = bytearray()
-        plain = bytearray()
+        sealed: list[bytes] = []  # each frame's part apart: no match straddles two frames
+        plain: list[bytes] = []
         plain_fields = 0
-        decrypted = bytearray()
+        decrypted: list[bytes] = []
         seen: list[object] = []
         for chunk in wire.to_pump + wire.from_pump:
             for body in _bodies(chunk):
                 h = decode_header(body)
                 assert h is not None
                 if h.secured:
-                    sealed += body[HEADER_BYTES:] + b"\x00"
+                    sealed.append(body[HEADER_BYTES:])
                     packet = decode_body(body, keys)
                     if isinstance(packet, DecodeError):
                         raise RuntimeError(f"a frame of the captured session does not decode: {packet}")
-                    decrypted += encode_payload(packet.message) + b"\x00"
-                    seen += _patient_values(packet.message)
+                    decrypted.append(encode_payload(packet.message))
+                    seen += patient_values(packet.message)
                 else:
-                    plain += body + b"\x00"
+                    plain.append(body)
                     packet = decode_body(body, None)
                     if isinstance(packet, DecodeError):
                         raise RuntimeError(f"a plaintext frame does not decode: {packet}")
-                    plain_fields += len(_patient_values(packet.message))
+                    plain_fields += len(patient_values(packet.message))
         values += seen
         patterns = eavesdrop_patterns(values)
         # the positive control: each value seen in a payload is found there by the same scan
-        controls = {pat for pat in eavesdrop_patterns(seen) if len(pat) == 4 or not _is_number_pattern(pat, seen)}
-        missed_controls += sum(1 for pat in controls if scan(bytes(decrypted), {pat}) == 0)
+        controls = {pat for pat in eavesdrop_patterns(seen) if len(pat) == 4 or not is_number_pattern(pat, seen)}
+        missed_controls += sum(1 for pat in controls if scan_each(decrypted, {pat}) == 0)
         patterns_total += len(patterns)
-        matches_sealed += scan(bytes(sealed), patterns)
+        matches_sealed += scan_each(sealed, patterns)
         # plaintext frames are read field by field (no field may hold patient data) and scanned for
         # the text patterns; numbers there are structured (a u32 may be another field of equal
         # value: SESSION_OPEN's 300,000 ms timeout and a 300 ug/day dose), counted apart
-        text = {pat for pat in patterns if not _is_number_pattern(pat, values)}
-        matches_plain += scan(bytes(plain), text) + plain_fields
-        coincidences += scan(bytes(plain), patterns - text)
-        sealed_bytes += len(sealed)
-        plain_bytes += len(plain)
-        chance_ppm += chance_matches_ppm(len(sealed), patterns)
+        text = {pat for pat in patterns if not is_number_pattern(pat, values)}
+        matches_plain += scan_each(plain, text) + plain_fields
+        coincidences += scan_each(plain, patterns - text)
+        sealed_bytes += sum(len(part) for part in sealed)
+        plain_bytes += sum(len(part) for part in plain)
+        chance_ppm += sum(chance_matches_ppm(len(part), patterns) for part in sealed)
         sessions += 1
-    ok = matches_sealed == 0 and matches_plain == 0 and missed_controls == 0
+    bound = chance_bound(chance_ppm)
+    ok = matches_sealed <= bound and matches_plain == 0 and missed_controls == 0
     return Outcome(
         done=sessions,
         figures={
@@ -761,10 +793,12 @@ def eavesdropping(size: int, budget: Budget, seed: int) -> Outcome:
             "plaintext_matches": matches_plain,
             "plaintext_u32_coincidences": coincidences,
             "expected_chance_matches_ppm": chance_ppm,
+            "chance_bound": bound,
             "patterns_missing_from_plaintext": missed_controls,
         },
         ok=ok,
-        note="patterns of 4 to 15 bytes; the sealed part of each frame (ciphertext and tag) is scanned",
+        note="patterns of 4 to 15 bytes; the sealed part of each frame (ciphertext and tag) is scanned apart; "
+        "met when the matches are no more than random bytes show but once in a million runs",
     )
 
 
