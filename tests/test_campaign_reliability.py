@@ -37,6 +37,17 @@ def test_lost_replies_is_reproducible_and_does_faults() -> None:
     assert a.figures["retries"] > 0
 
 
+def test_power_loss_at_full_size_cuts_at_every_case_and_says_it_is_complete() -> None:
+    """The full size is every write point of the full scenario, each also with a second cut at
+    each write of the boot after it: when the scenario changes, so must the size."""
+    c = REGISTRY["power-loss"]
+    assert c.sizes[1] == sum(1 for _ in r.power_cut_cases(r.FULL_SCENARIO, double=True))
+    short_cases = sum(1 for _ in r.power_cut_cases(r.SHORT_SCENARIO, double=False))
+    outcome = r.power_loss(short_cases, Budget(None), SEED)  # every case of the short scenario
+    assert (outcome.done, outcome.exhausted) == (short_cases, True)
+    assert not r.power_loss(short_cases, Budget(0), SEED).exhausted
+
+
 def test_a_budget_stops_a_campaign_cleanly() -> None:
     outcome = r.overload(10_000, Budget(0), SEED)
     assert outcome.done == 0

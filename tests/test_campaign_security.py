@@ -65,9 +65,8 @@ def test_the_judge_calls_a_genuine_frame_accepted_and_its_forgeries_not() -> Non
     other = dataclasses.replace(keys, key_c2p=bytes(32))
     rng = sec._rng(4)
     for kind in sec.FORGERIES:
-        forger = Channel(from_pump=False, keys=keys, first_counter=1_000)
         wire.now_ms += 60_000  # past any backoff
-        probe, _ = sec._probe(device, sec._forge(kind, forger, other, refill, 77, rng), wire.now_ms)
+        probe, _ = sec._probe(device, sec.forge(kind, keys, other, refill, 1_000, 77, rng), wire.now_ms)
         assert not probe.accepted, kind
     genuine = Channel(from_pump=False, keys=keys, first_counter=2_000).request(refill, 78).data
     probe, _ = sec._probe(device, genuine, wire.now_ms)

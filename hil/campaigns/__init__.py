@@ -66,6 +66,9 @@ class Outcome:
     figures: dict[str, int | float]
     ok: bool
     note: str = ""
+    exhausted: bool = False
+    """Every case the campaign has was run (a campaign of enumerated cases, such as every write
+    point): complete, however many fewer than the size asked."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def run_campaign(
         "unit": c.unit,
         "size": size,
         "done": outcome.done,
-        "complete": outcome.done >= size,
+        "complete": outcome.done >= size or outcome.exhausted,
         "figures": outcome.figures,
         "ok": outcome.ok,
         "note": outcome.note,

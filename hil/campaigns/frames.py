@@ -17,11 +17,14 @@ computation (the CRC is linear) that no error burst of up to 32 bits and no erro
 three bits goes undetected in any frame up to MAX_FRAME_BYTES.
 
 ``LivePump`` and ``therapy_state`` are shared with the coverage-guided harness
-``hil.campaigns.fuzz_frames``.
+``hil.campaigns.fuzz_frames``; the drawing of malformed frames (``MalformedFrameDraws``), the line
+errors (``NOISE``, ``corrupt``) and the golden frames with the same campaigns run over a link
+(``hil.campaigns.link_frames``).
 """
 
 from __future__ import annotations
 
+import abc
 import functools
 import json
 import random
@@ -61,11 +64,14 @@ from . import Budget, Outcome, campaign
 
 __all__ = [
     "HANG_MS",
+    "NOISE",
     "CrcProof",
     "GoldenFrame",
     "LivePump",
+    "MalformedFrameDraws",
     "MalformedFrames",
     "bursts_detected",
+    "corrupt",
     "crc_proof",
     "crc_syndromes",
     "frame_bytes",
@@ -77,6 +83,7 @@ __all__ = [
     "run_malformed_frames",
     "seeded",
     "therapy_state",
+    "with_crc",
 ]
 
 HANG_MS = 1_000
@@ -98,6 +105,11 @@ _FLAG_BITS = int(FrameFlags.FROM_PUMP | FrameFlags.SECURED | FrameFlags.ERROR)
 def seeded(seed: int) -> random.Random:
     """The campaigns' random numbers: reproducible from the seed (not secrets)."""
     return random.Random(seed)  # noqa: S311
+
+
+def with_crc(body: bytes) -> bytes:
+    """body | CRC-32 (u32le): the codeword a frame carries, before COBS."""
+    return body + crc32(body).to_bytes(CRC_BYTES, "little")
 
 
 def frame_bytes(body: bytes, crc: int | None = None) -> bytes:
@@ -330,7 +342,7 @@ class GoldenFrame:
     @property
     def codeword(self) -> bytes:
         """body | CRC, before COBS."""
-        return self.body + crc32(self.body).to_bytes(CRC_BYTES, "little")
+        return with_crc(self.body)
 
 
 @functools.cache
@@ -486,17 +498,37 @@ def crc_proof(codeword_bytes: int = MAX_FRAME_BYTES) -> CrcProof:
 # ============================================================================ line noise
 
 
+NOISE = ("single_bit_flips", "multi_bit_flips", "wire_bursts", "codeword_bursts")
+"""Kinds of line error (``corrupt``): a single bit flipped on the wire, 2 to 8 bits flipped on
+the wire, a burst of 2 to 32 bits on the wire, a burst of 2 to 32 bits on body | CRC before COBS."""
+
+
 def _flip(data: bytes, pattern: int, at_bit: int) -> bytes:
     """XOR ``pattern`` (bit 0 first on the line) into ``data`` from line bit ``at_bit`` on."""
     value = int.from_bytes(data, "little") ^ (pattern << at_bit)
     return value.to_bytes(len(data), "little")
 
 
-def _burst(rng: random.Random, n_bits: int) -> tuple[int, int]:
-    """A burst of 2 to 32 bits (first and last flipped) at a random place: (pattern, first bit)."""
+def corrupt(rng: random.Random, noise: str, body: bytes, wire: bytes, below: Callable[[int], int]) -> tuple[bytes, str]:
+    """``wire`` (the frame of ``body``) with line errors of kind ``noise`` (``NOISE``) drawn from
+    ``rng``, the places in it from ``below`` (a whole number in [0, n)): the corrupted frame and
+    the errors in words. A burst flips its first and last bit."""
+    n_bits = 8 * len(wire)
+    if noise == "single_bit_flips":
+        at = below(n_bits)
+        return _flip(wire, 1, at), f"bit {at}"
+    if noise == "multi_bit_flips":
+        bits = rng.sample(range(n_bits), rng.randint(2, 8))
+        return _flip(wire, sum(1 << b for b in bits), 0), f"bits {sorted(bits)}"
     length = rng.randint(2, 32)
     pattern = rng.getrandbits(length) | 1 | 1 << (length - 1)
-    return pattern, rng.randrange(0, n_bits - length + 1)
+    if noise == "wire_bursts":
+        at = below(n_bits - length + 1)
+        return _flip(wire, pattern, at), f"burst {pattern:#x} at wire bit {at}"
+    codeword = with_crc(body)
+    at = below(8 * len(codeword) - length + 1)
+    corrupted = DELIMITER + bytes(cobs.encode(_flip(codeword, pattern, at))) + DELIMITER
+    return corrupted, f"burst {pattern:#x} at codeword bit {at}"
 
 
 @dataclass
@@ -537,40 +569,26 @@ def run_line_noise(size: int, budget: Budget, seed: int) -> Outcome:
     frames = golden_frames()
     proof = crc_proof()
     noise = _Noise(Deframer())
-    done = singles = multi = wire_bursts = codeword_bursts = 0
+    by_kind = dict.fromkeys(NOISE, 0)
+    done = 0
     flips = _single_flips(frames)
     while done < size and not budget.expired():
         for _ in range(min(1_000, size - done)):
             single = next(flips, None)
             if single is not None:
                 noise.unit(*single)
-                singles += 1
+                kind = "single_bit_flips"
             else:
                 frame = rng.choice(frames)
-                kind = rng.randrange(3)
-                if kind == 0:
-                    n_bits = 8 * len(frame.wire)
-                    bits = rng.sample(range(n_bits), rng.randint(2, 8))
-                    noise.unit(_flip(frame.wire, sum(1 << b for b in bits), 0), frame, f"bits {sorted(bits)}")
-                    multi += 1
-                elif kind == 1:
-                    pattern, at = _burst(rng, 8 * len(frame.wire))
-                    noise.unit(_flip(frame.wire, pattern, at), frame, f"burst {pattern:#x} at wire bit {at}")
-                    wire_bursts += 1
-                else:
-                    codeword = frame.codeword
-                    pattern, at = _burst(rng, 8 * len(codeword))
-                    corrupted = DELIMITER + bytes(cobs.encode(_flip(codeword, pattern, at))) + DELIMITER
-                    noise.unit(corrupted, frame, f"burst {pattern:#x} at codeword bit {at}")
-                    codeword_bursts += 1
+                kind = NOISE[1 + rng.randrange(len(NOISE) - 1)]  # every single flip is made above
+                corrupted, what = corrupt(rng, kind, frame.body, frame.wire, rng.randrange)
+                noise.unit(corrupted, frame, what)
+            by_kind[kind] += 1
             done += 1
     ok = noise.detected == done and noise.next_good == done and proof.burst_bits >= 32
     figures: dict[str, int | float] = {
         "golden_frames": len(frames),
-        "single_bit_flips": singles,
-        "multi_bit_flips": multi,
-        "wire_bursts": wire_bursts,
-        "codeword_bursts": codeword_bursts,
+        **by_kind,
         "detected": noise.detected,
         "passed_crc": noise.passed_crc,
         "next_good_accepted": noise.next_good,
@@ -588,33 +606,47 @@ def run_line_noise(size: int, budget: Budget, seed: int) -> Outcome:
 # ============================================================================ malformed frames
 
 
-class MalformedFrames:
-    """Builds malformed frames for one live pump, from a seeded ``random.Random``.
+class MalformedFrameDraws(abc.ABC):
+    """Draws malformed frames from a seeded ``random.Random``, whatever receives them: the
+    in-process device (``MalformedFrames``) or a target over a link
+    (``hil.campaigns.link_frames.LinkMalformedFrames``).
 
     Kinds (``KINDS``): random bytes; real frames cut short on the wire; over-length frames;
     bad COBS; missing delimiters; bad CRC; real frames mutated (header fields, lengths, bytes,
     splices) with the CRC recomputed; and payloads cut, stretched, corrupted or put under
-    another type or header, sealed with the live session's keys and a fresh counter, so that
-    they pass the tag and reach the payload checks.
+    another type or header, sealed in the live session with a fresh counter, so that they
+    pass the tag and reach the payload checks.
+
+    The real frames are the golden vectors' and ``own``: frames of the live session and
+    plaintext ones, built for this and never sent as they are. A subclass says what only its
+    receiver knows: the live session's replay mark (``replay_mark``, which mutated counters
+    straddle) and how a frame is sealed in that session (``seal``); it may also draw its own
+    way where its receiver needs it (``_below``, ``_some_body``, ``_some_wire``, ``_pieces``,
+    ``_bad_cobs``).
     """
 
     KINDS = ("random", "truncated", "over_length", "bad_cobs", "no_delimiters", "bad_crc", "mutated", "sealed")
     WEIGHTS = (8, 10, 5, 8, 8, 8, 35, 18)
 
-    def __init__(self, rng: random.Random, live: LivePump) -> None:
+    def __init__(self, rng: random.Random, own: list[bytes], session_ids: list[int]) -> None:
         self.rng = rng
-        self.live = live
-        golden = [f.body for f in golden_frames() if f.protocol]
-        # frames of the live session (and its plaintext channel), never sent as they are
-        own = [live.channel.request(msg, _command_id(rng, t)).data for t, msg in EXAMPLE_REQUESTS.items()]
-        own += [live.plain.request(EXAMPLE_REQUESTS[t]).data for t in (MsgType.IDENTIFY, MsgType.SESSION_OPEN)]
-        self.bodies = golden + [_body(w) for w in own]
-        self.wires = [f.wire for f in golden_frames()] + own
+        golden = golden_frames()
+        self.bodies = [f.body for f in golden if f.protocol] + [_body(w) for w in own]
+        self.wires = [f.wire for f in golden] + own
         self.payloads = [(t, encode_payload(msg)) for t, msg in EXAMPLE_REQUESTS.items()]
-        self.session_ids = sorted({live.session_id} | {f.keys.session_id for f in golden_frames() if f.keys})
+        self.session_ids = session_ids
+        """The session ids a mutated header may name: the live session's and the golden vectors'."""
+
+    @abc.abstractmethod
+    def replay_mark(self) -> int:
+        """The highest counter of the live session that the receiver has accepted."""
+
+    @abc.abstractmethod
+    def seal(self, msg_type: int, payload: bytes, *, flags: int, version: int, command_id: int) -> bytes:
+        """The body of a frame of the live session with a fresh counter, sealed with its keys."""
 
     def batch(self, n: int) -> list[tuple[str, list[bytes]]]:
-        """``n`` frames: (kind, the pieces that ``receive_data`` gets one by one)."""
+        """``n`` frames: (kind, the pieces that the receiver gets one by one)."""
         kinds = self.rng.choices(self.KINDS, self.WEIGHTS, k=n)
         return [(kind, self._pieces(getattr(self, f"_{kind}")())) for kind in kinds]
 
@@ -624,6 +656,18 @@ class MalformedFrames:
             return [data]
         cuts = sorted(self.rng.sample(range(1, len(data)), min(len(data) - 1, self.rng.randint(1, 3))))
         return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+    def _below(self, n: int) -> int:
+        """A place in [0, n) in a frame."""
+        return self.rng.randrange(n)
+
+    def _some_body(self) -> bytes:
+        """A real frame's body, to be broken on the wire."""
+        return self.rng.choice(self.bodies)
+
+    def _some_wire(self) -> bytes:
+        """A real frame as the wire carries it, to be cut short."""
+        return self.rng.choice(self.wires)
 
     # ------------------------------------------------------------------ on the wire
 
@@ -635,8 +679,8 @@ class MalformedFrames:
     def _truncated(self) -> bytes:
         """A real frame cut on the wire before its end (what remains comes with the next
         delimiter, so at least one byte of the encoding is missing)."""
-        wire = self.rng.choice(self.wires)
-        return wire[: self.rng.randrange(1, len(wire) - 1)]
+        wire = self._some_wire()
+        return wire[: 1 + self._below(len(wire) - 2)]
 
     def _over_length(self) -> bytes:
         rng = self.rng
@@ -652,12 +696,11 @@ class MalformedFrames:
     def _bad_cobs(self) -> bytes:
         """A COBS code byte pointing past the end of the frame or into another block."""
         rng = self.rng
-        body = rng.choice(self.bodies)
-        encoded = bytearray(cobs.encode(body + crc32(body).to_bytes(CRC_BYTES, "little")))
+        encoded = bytearray(cobs.encode(with_crc(self._some_body())))
         if rng.random() < 0.5:
             encoded[0] = min(255, len(encoded) + rng.randint(1, 40))
         else:
-            i = rng.randrange(len(encoded))
+            i = self._below(len(encoded))
             encoded[i] = rng.randrange(1, 256)
         return DELIMITER + bytes(encoded) + DELIMITER
 
@@ -672,7 +715,7 @@ class MalformedFrames:
         return a[1:]  # no leading delimiter
 
     def _bad_crc(self) -> bytes:
-        body = self.rng.choice(self.bodies)
+        body = self._some_body()
         return frame_bytes(body, crc32(body) ^ self.rng.randrange(1, 1 << 32))
 
     # ------------------------------------------------------------------ past the CRC
@@ -681,7 +724,7 @@ class MalformedFrames:
         rng = self.rng
         fields = list(_HEADER.unpack_from(body)) if len(body) >= HEADER_BYTES else [PROTOCOL_VERSION, 1, 0, 0, 1, 0, 0]
         i = rng.randrange(7)
-        mark = self.live.mark
+        mark = self.replay_mark()
         choices: tuple[int, ...] = (
             (0, 2, 255, rng.randrange(256)),
             (0, 0xFF, rng.randrange(256), int(rng.choice(list(MsgType)))),
@@ -701,16 +744,16 @@ class MalformedFrames:
         if op == 0 and body:  # bytes changed
             out = bytearray(body)
             for _ in range(rng.randint(1, 4)):
-                out[rng.randrange(len(out))] ^= rng.randrange(1, 256)
+                out[self._below(len(out))] ^= rng.randrange(1, 256)
             return bytes(out)
         if op in (1, 2):
             return self._header_field(body)
         if op == 3 and body:  # cut short
-            return body[: rng.randrange(len(body))]
+            return body[: self._below(len(body))]
         if op == 4:  # stretched
             return body + rng.randbytes(rng.randint(1, 64))
         if op == 5 and body:  # bytes inserted or removed inside
-            i = rng.randrange(len(body))
+            i = self._below(len(body))
             if rng.random() < 0.5:
                 return body[:i] + rng.randbytes(rng.randint(1, 16)) + body[i:]
             return body[:i] + body[i + rng.randint(1, 16) :]
@@ -740,13 +783,13 @@ class MalformedFrames:
         msg_type, flags, version, command_id = int(t), int(FrameFlags.SECURED), PROTOCOL_VERSION, rng.getrandbits(64)
         op = rng.randrange(7)
         if op == 0 and payload:
-            payload = payload[: rng.randrange(len(payload))]
+            payload = payload[: self._below(len(payload))]
         elif op == 1:
             payload += rng.randbytes(rng.randint(1, 32))
         elif op == 2 and payload:
             out = bytearray(payload)
             for _ in range(rng.randint(1, 4)):
-                out[rng.randrange(len(out))] ^= rng.randrange(1, 256)
+                out[self._below(len(out))] ^= rng.randrange(1, 256)
             payload = bytes(out)
         elif op == 3:
             msg_type = rng.choice([int(x) for x in MsgType if x != t] + [rng.randrange(256)])
@@ -756,10 +799,29 @@ class MalformedFrames:
             flags |= rng.choice((int(FrameFlags.ERROR), 1 << rng.randrange(3, 8)))
         else:
             version = rng.choice((0, 2, 255))
+        return frame_bytes(self.seal(msg_type, payload, flags=flags, version=version, command_id=command_id))
+
+
+class MalformedFrames(MalformedFrameDraws):
+    """Malformed frames (``MalformedFrameDraws``) for one live pump: its clinician session's
+    frames among the real ones, its replay mark, and its keys to seal frames malformed inside."""
+
+    def __init__(self, rng: random.Random, live: LivePump) -> None:
+        self.live = live
+        # frames of the live session (and its plaintext channel), never sent as they are
+        own = [live.channel.request(msg, _command_id(rng, t)).data for t, msg in EXAMPLE_REQUESTS.items()]
+        own += [live.plain.request(EXAMPLE_REQUESTS[t]).data for t in (MsgType.IDENTIFY, MsgType.SESSION_OPEN)]
+        session_ids = sorted({live.session_id} | {f.keys.session_id for f in golden_frames() if f.keys})
+        super().__init__(rng, own, session_ids)
+
+    def replay_mark(self) -> int:
+        return self.live.mark
+
+    def seal(self, msg_type: int, payload: bytes, *, flags: int, version: int, command_id: int) -> bytes:
         counter = self.live.channel.request(m.Status()).header.counter  # burn one: fresh and unused
         head = _HEADER.pack(version, msg_type, flags, self.live.session_id, counter, 0, command_id)
         direction = Direction.PUMP_TO_PROGRAMMER if flags & int(FrameFlags.FROM_PUMP) else Direction.PROGRAMMER_TO_PUMP
-        return frame_bytes(head + seal_payload(self.live.keys, direction, counter, head, payload))
+        return head + seal_payload(self.live.keys, direction, counter, head, payload)
 
 
 def _command_id(rng: random.Random, t: MsgType) -> int:

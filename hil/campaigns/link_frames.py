@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,27 +51,18 @@ from hil.conformance.raw import RawSession, RawWire, cobs_encode, header_bytes, 
 from programmer.errors import ProgrammerError
 from protocol_spec import messages as m
 from protocol_spec.catalog import CATALOG, request_type_of
-from protocol_spec.codec import HEADER_BYTES, Header, Packet, decode_body, decode_header, encode_payload
-from protocol_spec.enums import PROTOCOL_VERSION, FrameFlags, MsgType, Role
+from protocol_spec.codec import Header, Packet, decode_body, decode_header, encode_payload
+from protocol_spec.enums import MsgType, Role
 from protocol_spec.examples import EXAMPLE_REQUESTS
-from protocol_spec.framing import (
-    CRC_BYTES,
-    DELIMITER,
-    MAX_BODY_BYTES,
-    MAX_ENCODED_BYTES,
-    Deframer,
-    crc32,
-    encode_frame,
-)
+from protocol_spec.framing import DELIMITER, Deframer, encode_frame
 
 from . import Budget, Outcome, over_link
-from .frames import HANG_MS, GoldenFrame, frame_bytes, golden_frames, harmless
+from .frames import HANG_MS, NOISE, GoldenFrame, MalformedFrameDraws, corrupt, golden_frames, harmless, with_crc
 from .link import LinkJudge, Therapy
 
 __all__ = [
     "CARRIERS",
     "CHECK_FRAMES",
-    "NOISE",
     "READ_ONLY",
     "LinkMalformedFrames",
     "run_line_noise_over_link",
@@ -84,10 +74,6 @@ CHECK_FRAMES = 250
 READ_ONLY: tuple[object, ...] = (m.Status(), m.Interrogate(), m.ReadLimits(), m.ReadLog(0, 2))
 """The sealed requests line noise corrupts: a clinician may send them, they change nothing, and
 a target answers them OK in any state."""
-_HEADER = struct.Struct("<BBBIQQQ")
-assert _HEADER.size == HEADER_BYTES
-_U64 = (1 << 64) - 1
-_FLAG_BITS = int(FrameFlags.FROM_PUMP | FrameFlags.SECURED | FrameFlags.ERROR)
 
 
 class _TargetLost(Exception):
@@ -97,7 +83,7 @@ class _TargetLost(Exception):
 # ============================================================================ shared
 
 
-def _below(rng: random.Random, n: int) -> int:
+def _one_draw_below(rng: random.Random, n: int) -> int:
     """A whole number in [0, n) from exactly one draw, whatever ``n``: the draws after it do
     not depend on lengths that the session's bytes decide (COBS adds a byte per 254 non-zero)."""
     return min(n - 1, int(rng.random() * n))
@@ -107,11 +93,6 @@ def _bodies(data: bytes) -> list[bytes]:
     """The frame bodies a receiver in step takes from ``data`` and the fence's leading
     delimiter (every fence ends with a delimiter, so the receiver is in step before ``data``)."""
     return [item for item in Deframer().feed(data + DELIMITER) if isinstance(item, bytes)]
-
-
-def _crc_bytes(body: bytes) -> bytes:
-    """The CRC-32 of ``body`` as a frame carries it (u32le, after the body)."""
-    return crc32(body).to_bytes(CRC_BYTES, "little")
 
 
 def _is_identify(body: bytes) -> bool:
@@ -241,23 +222,18 @@ def _command_id(rng: random.Random, t: MsgType) -> int:
     return value if CATALOG[t].effectful else 0
 
 
-class LinkMalformedFrames:
-    """Builds malformed frames for a target, from a seeded ``random.Random`` and a session the
-    run opened by hand (``session``, whose keys seal frames malformed inside).
+class LinkMalformedFrames(MalformedFrameDraws):
+    """Malformed frames (``MalformedFrameDraws``, kinds and weights as in-process) for a target,
+    from a seeded ``random.Random`` and a session the run opened by hand (``session``, whose keys
+    seal frames malformed inside; ``mark``, its replay mark, is the run's to keep).
 
-    Kinds (``KINDS``) and weights as in-process (``hil.campaigns.frames.MalformedFrames``):
-    random bytes; frames cut short on the wire; over-length frames; bad COBS; missing
-    delimiters; bad CRC; real frames mutated with the CRC recomputed; payloads malformed
-    inside and sealed with a fresh counter. Half of the cut, bad-COBS and bad-CRC frames are
-    genuine commands never sent (``_fresh``), the rest golden frames and frames of the session
-    built at the start (their counters fall below the replay mark with the first good request).
+    Half of the cut, bad-COBS and bad-CRC frames are genuine commands never sent (``_fresh``), the
+    rest golden frames and frames of the session built at the start (their counters fall below
+    the replay mark with the first good request). Places in a frame are drawn with one draw each
+    (``_one_draw_below``), and so are the cuts and the bad COBS code bytes.
     """
 
-    KINDS = ("random", "truncated", "over_length", "bad_cobs", "no_delimiters", "bad_crc", "mutated", "sealed")
-    WEIGHTS = (8, 10, 5, 8, 8, 8, 35, 18)
-
     def __init__(self, rng: random.Random, wire: RawWire, session: RawSession) -> None:
-        self.rng = rng
         self.wire = wire
         self.session = session
         self.mark = 0
@@ -265,18 +241,20 @@ class LinkMalformedFrames:
         own = [session.request(msg, command_id=_command_id(rng, t))[1] for t, msg in EXAMPLE_REQUESTS.items()]
         own.append(wire.plain(MsgType.IDENTIFY)[1])
         own.append(wire.plain(MsgType.SESSION_OPEN, encode_payload(EXAMPLE_REQUESTS[MsgType.SESSION_OPEN]))[1])
-        golden = golden_frames()
-        self.bodies = [f.body for f in golden if f.protocol] + [body for w in own for body in _bodies(w)]
-        self.wires = [f.wire for f in golden] + own
-        self.payloads = [(t, encode_payload(msg)) for t, msg in EXAMPLE_REQUESTS.items()]
+        golden_ids = sorted({f.keys.session_id for f in golden_frames() if f.keys})
+        super().__init__(rng, own, [session.session_id, *golden_ids])
         self.commands = [t for t in EXAMPLE_REQUESTS if CATALOG[t].effectful and Role.CLINICIAN in CATALOG[t].roles]
         """What a fresh frame carries: the requests a clinician's session may send that act."""
-        self.session_ids = [session.session_id, *sorted({f.keys.session_id for f in golden if f.keys})]
 
-    def batch(self, n: int) -> list[tuple[str, list[bytes]]]:
-        """``n`` frames: (kind, the pieces written one by one)."""
-        kinds = self.rng.choices(self.KINDS, self.WEIGHTS, k=n)
-        return [(kind, self._pieces(getattr(self, f"_{kind}")())) for kind in kinds]
+    def replay_mark(self) -> int:
+        return self.mark
+
+    def seal(self, msg_type: int, payload: bytes, *, flags: int, version: int, command_id: int) -> bytes:
+        _, body = self.session.body(msg_type, payload, command_id=command_id, flags=flags, version=version)
+        return body
+
+    def _below(self, n: int) -> int:
+        return _one_draw_below(self.rng, n)
 
     def _pieces(self, data: bytes) -> list[bytes]:
         """Usually one write; sometimes the frame split at 1 to 3 random points (any chunking)."""
@@ -284,7 +262,7 @@ class LinkMalformedFrames:
         n_cuts = self.rng.randint(1, 3)
         if not split or len(data) < 4:
             return [data]
-        cuts = sorted({1 + _below(self.rng, len(data) - 1) for _ in range(n_cuts)})
+        cuts = sorted({1 + self._below(len(data) - 1) for _ in range(n_cuts)})
         return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
 
     def _fresh(self) -> bytes:
@@ -303,141 +281,21 @@ class LinkMalformedFrames:
         known = self.rng.choice(self.bodies)
         return self._fresh() if fresh else known
 
-    # ------------------------------------------------------------------ on the wire
-
-    def _random(self) -> bytes:
-        rng = self.rng
-        data = rng.randbytes(rng.choice((1, 2, 5, 31, 40, 64, 200, 1100)))
-        return DELIMITER + data + DELIMITER if rng.random() < 0.5 else data
-
-    def _truncated(self) -> bytes:
-        """A frame cut on the wire before its end (the fence's delimiter ends what remains)."""
+    def _some_wire(self) -> bytes:
         fresh = self.rng.random() < 0.5
-        wire = encode_frame(self._fresh()) if fresh else self.rng.choice(self.wires)
-        return wire[: 1 + _below(self.rng, len(wire) - 2)]
-
-    def _over_length(self) -> bytes:
-        rng = self.rng
-        kind = rng.randrange(3)
-        if kind == 0:  # a body past the largest, correct CRC: OVERSIZE after COBS decoding
-            return frame_bytes(rng.randbytes(rng.randint(MAX_BODY_BYTES + 1, MAX_BODY_BYTES + 200)))
-        if kind == 1:  # no delimiter for longer than the largest encoding
-            run = rng.randbytes(MAX_ENCODED_BYTES + rng.randint(1, 600)).replace(DELIMITER, b"\x01")
-            return DELIMITER + run + (DELIMITER if rng.random() < 0.5 else b"")
-        body = rng.choice(self.bodies)  # a real frame padded to near the largest: reaches the decoder
-        size = rng.randint(MAX_BODY_BYTES - 64, MAX_BODY_BYTES)
-        return frame_bytes(body + rng.randbytes(max(0, size - len(body))))
+        return encode_frame(self._fresh()) if fresh else self.rng.choice(self.wires)
 
     def _bad_cobs(self) -> bytes:
         """A COBS code byte pointing past the end of the frame or into another block."""
         rng = self.rng
-        body = self._some_body()
-        encoded = bytearray(cobs_encode(body + _crc_bytes(body)))
+        encoded = bytearray(cobs_encode(with_crc(self._some_body())))
         first = rng.random() < 0.5
-        at, code, past = _below(rng, len(encoded)), rng.randrange(1, 256), rng.randint(1, 40)
+        at, code, past = self._below(len(encoded)), rng.randrange(1, 256), rng.randint(1, 40)
         if first:
             encoded[0] = min(255, len(encoded) + past)
         else:
             encoded[at] = code
         return DELIMITER + bytes(encoded) + DELIMITER
-
-    def _no_delimiters(self) -> bytes:
-        rng = self.rng
-        a, b = rng.choice(self.wires), rng.choice(self.wires)
-        kind = rng.randrange(3)
-        if kind == 0:  # two frames run together: the delimiter between them lost
-            return a[:-1] + b[1:]
-        if kind == 1:  # neither delimiter: merges with whatever comes before and after
-            return a[1:-1]
-        return a[1:]  # no leading delimiter
-
-    def _bad_crc(self) -> bytes:
-        body = self._some_body()
-        return frame_bytes(body, crc32(body) ^ self.rng.randrange(1, 1 << 32))
-
-    # ------------------------------------------------------------------ past the CRC
-
-    def _header_field(self, body: bytes) -> bytes:
-        rng = self.rng
-        fields = list(_HEADER.unpack_from(body)) if len(body) >= HEADER_BYTES else [PROTOCOL_VERSION, 1, 0, 0, 1, 0, 0]
-        i = rng.randrange(7)
-        mark = self.mark
-        choices: tuple[int, ...] = (
-            (0, 2, 255, rng.randrange(256)),
-            (0, 0xFF, rng.randrange(256), int(rng.choice(list(MsgType)))),
-            (rng.randrange(256), rng.randrange(_FLAG_BITS + 1), fields[2] ^ (1 << rng.randrange(8))),
-            (0, rng.getrandbits(32), *self.session_ids),
-            (0, 1, _U64, rng.getrandbits(64), max(0, mark - 1), mark, mark + 1),
-            (0, rng.getrandbits(64), mark),
-            (0, rng.getrandbits(64)),
-        )[i]
-        fields[i] = rng.choice(choices)
-        head = _HEADER.pack(*fields)
-        return head + body[HEADER_BYTES:] if len(body) >= HEADER_BYTES else head[: len(body)]
-
-    def _mutate(self, body: bytes) -> bytes:
-        rng = self.rng
-        op = rng.randrange(8)
-        if op == 0 and body:  # bytes changed
-            out = bytearray(body)
-            for _ in range(rng.randint(1, 4)):
-                out[_below(rng, len(out))] ^= rng.randrange(1, 256)
-            return bytes(out)
-        if op in (1, 2):
-            return self._header_field(body)
-        if op == 3 and body:  # cut short
-            return body[: _below(rng, len(body))]
-        if op == 4:  # stretched
-            return body + rng.randbytes(rng.randint(1, 64))
-        if op == 5 and body:  # bytes inserted or removed inside
-            i = _below(rng, len(body))
-            if rng.random() < 0.5:
-                return body[:i] + rng.randbytes(rng.randint(1, 16)) + body[i:]
-            return body[:i] + body[i + rng.randint(1, 16) :]
-        if op == 6:  # one frame's header, another's rest
-            other = rng.choice(self.bodies)
-            return body[:HEADER_BYTES] + other[HEADER_BYTES:]
-        return rng.randbytes(rng.randint(0, 80)) if rng.random() < 0.2 else body[:HEADER_BYTES]
-
-    def _mutated(self) -> bytes:
-        """A real frame's body (golden or of the session), changed 1 to 3 times, with the CRC
-        recomputed: framing passes, the header, session and tag checks must refuse it."""
-        original = self.rng.choice(self.bodies)
-        body = original
-        for _ in range(self.rng.randint(1, 3)):
-            body = self._mutate(body)
-        if body == original:
-            body = original + b"\x00"
-        return frame_bytes(body)
-
-    def _sealed(self) -> bytes:
-        """An authentic frame of the session (fresh counter, the session's keys) that is
-        malformed inside: its payload cut, stretched or corrupted, another type's payload, an
-        effectful request without a command id, or a header the codec refuses (undefined flags,
-        ERROR from the programmer, another version) under a tag that verifies."""
-        rng = self.rng
-        t, payload = rng.choice(self.payloads)
-        msg_type, flags, version, command_id = int(t), int(FrameFlags.SECURED), PROTOCOL_VERSION, rng.getrandbits(64)
-        op = rng.randrange(7)
-        if op == 0 and payload:
-            payload = payload[: _below(rng, len(payload))]
-        elif op == 1:
-            payload += rng.randbytes(rng.randint(1, 32))
-        elif op == 2 and payload:
-            out = bytearray(payload)
-            for _ in range(rng.randint(1, 4)):
-                out[_below(rng, len(out))] ^= rng.randrange(1, 256)
-            payload = bytes(out)
-        elif op == 3:
-            msg_type = rng.choice([int(x) for x in MsgType if x != t] + [rng.randrange(256)])
-        elif op == 4 and CATALOG[t].effectful:
-            command_id = 0
-        elif op == 5:
-            flags |= rng.choice((int(FrameFlags.ERROR), 1 << rng.randrange(3, 8)))
-        else:
-            version = rng.choice((0, 2, 255))
-        _, body = self.session.body(msg_type, payload, command_id=command_id, flags=flags, version=version)
-        return frame_bytes(body)
 
 
 @dataclass
@@ -551,31 +409,6 @@ def run_malformed_frames_over_link(size: int, budget: Budget, seed: int, pump: D
 # ============================================================================ line noise
 
 
-def _flip(data: bytes, pattern: int, at_bit: int) -> bytes:
-    """XOR ``pattern`` (bit 0 first on the line) into ``data`` from line bit ``at_bit`` on."""
-    value = int.from_bytes(data, "little") ^ (pattern << at_bit)
-    return value.to_bytes(len(data), "little")
-
-
-def _corrupt(rng: random.Random, noise: str, body: bytes, wire: bytes) -> bytes:
-    """``wire`` (the frame of ``body``) with line errors of kind ``noise`` (``NOISE``)."""
-    n_bits = 8 * len(wire)
-    if noise == "single_bit_flips":
-        return _flip(wire, 1, _below(rng, n_bits))
-    if noise == "multi_bit_flips":
-        bits = rng.sample(range(n_bits), rng.randint(2, 8))
-        return _flip(wire, sum(1 << b for b in bits), 0)
-    length = rng.randint(2, 32)
-    pattern = rng.getrandbits(length) | 1 | 1 << (length - 1)  # first and last bit flipped
-    if noise == "wire_bursts":
-        return _flip(wire, pattern, _below(rng, n_bits - length + 1))
-    codeword = body + _crc_bytes(body)
-    corrupted = _flip(codeword, pattern, _below(rng, 8 * len(codeword) - length + 1))
-    return DELIMITER + cobs_encode(corrupted) + DELIMITER
-
-
-NOISE = ("single_bit_flips", "multi_bit_flips", "wire_bursts", "codeword_bursts")
-"""Kinds of line error, drawn with equal weight."""
 CARRIERS = ("identify_frames", "golden_frames", "sealed_frames")
 """Kinds of good frame that are corrupted, drawn with equal weight."""
 
@@ -650,7 +483,7 @@ def _noise_unit(
     """One good frame corrupted and sent (fenced), then the good frame: the fence for an
     IDENTIFY or a golden frame, the same request uncorrupted for a sealed one."""
     carrier = CARRIERS[rng.randrange(len(CARRIERS))]
-    kind = NOISE[rng.randrange(len(NOISE))]
+    kind = NOISE[rng.randrange(len(NOISE))]  # every kind of line error with equal weight
     frame, message = rng.choice(golden), rng.choice(READ_ONLY)  # both drawn: the draws after are the seed's
     counter = 0
     if carrier == "identify_frames":
@@ -663,7 +496,7 @@ def _noise_unit(
         counter, body = session.body(int(request_type_of(message)), encode_payload(message))
         what = f"a sealed {type(message).__name__}"
     wire = encode_frame(body)
-    corrupted = _corrupt(rng, kind, body, wire)
+    corrupted, _ = corrupt(rng, kind, body, wire, lambda n: _one_draw_below(rng, n))
     noise.by_kind[carrier] += 1
     noise.by_kind[kind] += 1
     noise.done += 1

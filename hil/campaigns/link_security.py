@@ -27,32 +27,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from hil.conformance import DeviceUnderTest
 from hil.conformance.dut import SUITE_ALARM_REPEATS_MS
-from hil.conformance.raw import RawSession, header_bytes
+from hil.conformance.raw import RawSession
 from programmer.errors import ProgrammerError
 from protocol_spec import messages as m
 from protocol_spec.catalog import CATALOG, request_type_of
 from protocol_spec.channel import client_finish, client_hello
-from protocol_spec.codec import (
-    HEADER_BYTES,
-    DecodeError,
-    Header,
-    Packet,
-    decode_body,
-    decode_header,
-    encode_header,
-    encode_packet,
-    encode_payload,
-)
+from protocol_spec.codec import DecodeError, Header, Packet, decode_body, decode_header, encode_packet, encode_payload
 from protocol_spec.enums import (
     PROTOCOL_VERSION,
     BolusKind,
-    Direction,
     ErrorCode,
     FaultKind,
     Feature,
@@ -65,12 +53,12 @@ from protocol_spec.enums import (
     TherapyMode,
 )
 from protocol_spec.examples import EXAMPLE_REQUESTS
-from protocol_spec.framing import Deframer, encode_frame
-from protocol_spec.security import TAG_BYTES, RoleKey, SessionKeys, derive_session_keys, seal_payload
+from protocol_spec.framing import encode_frame
+from protocol_spec.security import RoleKey, SessionKeys, derive_session_keys
 
 from . import Budget, Outcome, over_link
 from .link import LinkJudge
-from .security import chance_bound, chance_matches_ppm, eavesdrop_patterns, is_number_pattern, patient_values, scan_each
+from .security import FORGERIES, Capture, EavesdropTally, forge, readdressed, replay_figures
 
 __all__ = ["FORGERIES"]
 
@@ -272,12 +260,6 @@ class _Session:
             self.reply(m.SessionClose())
 
 
-def _bodies(data: bytes) -> Iterator[bytes]:
-    for item in Deframer().feed(data):
-        if isinstance(item, bytes):
-            yield item
-
-
 # ---------------------------------------------------------------------- judging batches
 
 
@@ -441,15 +423,6 @@ def _patient_work(s: _Session, found: _Found) -> bool:
     return found.patient_boluses and isinstance(s.reply(m.PatientBolusRequest()), m.PatientBolusGrant)
 
 
-def _readdressed(frame: bytes, session_id: int) -> bytes:
-    """The frame naming another session (CRC recomputed): the header is the AEAD's associated
-    data, so only the tag can refuse it."""
-    (body,) = _bodies(frame)
-    h = decode_header(body)
-    assert h is not None
-    return encode_frame(encode_header(dataclasses.replace(h, session_id=session_id)) + body[HEADER_BYTES:])
-
-
 # ====================================================================== 1. replay
 
 
@@ -514,7 +487,7 @@ class _Replays:
         for role in self.roles:
             fresh = link.open(role)
             more = role is not Role.CLINICIAN or self.batch("new_session", as_sent)
-            more = more and self.batch("new_session", [_readdressed(f, fresh.session_id) for f in by_role[role]])
+            more = more and self.batch("new_session", [readdressed(f, fresh.session_id) for f in by_role[role]])
             fresh.close()
             if not more:
                 return False
@@ -538,8 +511,8 @@ class _Replays:
         if not self.batch(context, as_sent):
             return False
         fresh = {role: self.link.open(role) for role in by_role}
-        readdressed = [_readdressed(f, fresh[role].session_id) for role, frames in by_role.items() for f in frames]
-        more = self.batch(context, readdressed)
+        to_fresh = [readdressed(f, fresh[role].session_id) for role, frames in by_role.items() for f in frames]
+        more = self.batch(context, to_fresh)
         for session in fresh.values():
             session.close()
         return more
@@ -581,12 +554,7 @@ def replay_over_link(size: int, budget: Budget, seed: int, pump: DeviceUnderTest
     return Outcome(
         done=t.frames,
         figures={
-            "replayed": t.frames,
-            "accepted": t.accepted,
-            "refused_replayed_counter": t.count(ErrorCode.REPLAYED_COUNTER.name),
-            "refused_no_session": t.count(ErrorCode.NO_SESSION.name),
-            "refused_bad_tag": t.count(ErrorCode.BAD_TAG.name),
-            "dropped_in_backoff": t.count(_UNANSWERED),
+            **replay_figures(t, _UNANSWERED),
             "refused_otherwise": t.frames - sum(t.count(k) for k in known),
             "logged": t.logged,
             "batches_changed": t.batches_changed,
@@ -603,7 +571,6 @@ def replay_over_link(size: int, budget: Budget, seed: int, pump: DeviceUnderTest
 # ====================================================================== 2. forgery
 
 
-FORGERIES = ("random_tag", "wrong_key", "flipped_tag", "flipped_ciphertext", "flipped_header")
 _KEEPALIVE_EVERY = 8
 """The genuine programmer sends a STATUS after 1 to this many forgeries: it must be answered
 (frames that verify are always processed) and it ends the backoff, so that the next forgery is
@@ -634,41 +601,6 @@ def _forged_requests(found: _Found, info: m.InterrogateReply) -> list[object]:
     if found.program.mode is not TherapyMode.SINGLE_BOLUS:
         requests.append(m.StageProgram(0, found.program))
     return requests
-
-
-def _forge(
-    kind: str,
-    keys: SessionKeys,
-    other: SessionKeys,
-    message: object,
-    counter: int,
-    command_id: int,
-    rng: random.Random,
-) -> bytes:
-    """One forged frame on an open session: a valid request, then its tag or ciphertext spoiled,
-    or sealed with another key set's keys."""
-    header = header_bytes(
-        request_type_of(message),
-        counter=counter,
-        flags=int(FrameFlags.SECURED),
-        session_id=keys.session_id,
-        command_id=command_id,
-    )
-    payload = encode_payload(message)
-    sealing = other if kind == "wrong_key" else keys
-    raw = bytearray(header + seal_payload(sealing, Direction.PROGRAMMER_TO_PUMP, counter, header, payload))
-    if kind == "random_tag":
-        raw[-TAG_BYTES:] = rng.randbytes(TAG_BYTES)
-    elif kind == "flipped_tag":
-        bit = rng.randrange(TAG_BYTES * 8)
-        raw[len(raw) - TAG_BYTES + bit // 8] ^= 1 << (bit % 8)
-    elif kind == "flipped_ciphertext":
-        bit = rng.randrange(len(payload) * 8)
-        raw[HEADER_BYTES + bit // 8] ^= 1 << (bit % 8)
-    elif kind == "flipped_header":  # counter, echo counter or command id: the AEAD's associated data
-        bit = rng.randrange(7 * 8, HEADER_BYTES * 8)
-        raw[bit // 8] ^= 1 << (bit % 8)
-    return encode_frame(bytes(raw))
 
 
 @over_link("forgery", sizes=(5_000, 500_000))
@@ -704,7 +636,7 @@ def forgery_over_link(size: int, budget: Budget, seed: int, pump: DeviceUnderTes
                 counter += 1
                 effectful = CATALOG[request_type_of(message)].effectful
                 command_id = rng.getrandbits(63) + 1 if effectful else 0
-                t.add(link.probe(_forge(kind, keys, other, message, counter, command_id, rng)))
+                t.add(link.probe(forge(kind, keys, other, message, counter, command_id, rng)))
                 kinds[kind] = kinds.get(kind, 0) + 1
             genuine += 1
             genuine_answered += int(link.probe(clin.request(m.Status())[1]) == _ACCEPTED)
@@ -877,42 +809,6 @@ def wrong_role_over_link(size: int, budget: Budget, seed: int, pump: DeviceUnder
 # ====================================================================== 4. eavesdropping
 
 
-@dataclass
-class _Capture:
-    """The frames of one captured session, taken apart with the session keys the campaign holds.
-    Each frame's part is kept apart: scanned one by one, a pattern can never straddle two frames
-    (nor match a separator put between them)."""
-
-    sealed: list[bytes] = field(default_factory=list)
-    """The sealed part (ciphertext and tag) of every SECURED frame."""
-    plain: list[bytes] = field(default_factory=list)
-    """Every plaintext frame body (IDENTIFY, SESSION_OPEN and their replies, plaintext refusals)."""
-    decrypted: list[bytes] = field(default_factory=list)
-    """The payload of every SECURED frame, opened: the positive control."""
-    seen: list[object] = field(default_factory=list)
-    """Every patient value in the opened payloads."""
-    plain_fields: int = 0
-    """Patient values in plaintext frames' fields (none may be)."""
-    unopened: int = 0
-
-    def add(self, stream: bytes, keys: dict[int, SessionKeys]) -> None:
-        for body in _bodies(stream):
-            h = decode_header(body)
-            if h is not None and h.secured:
-                self.sealed.append(body[HEADER_BYTES:])
-                packet = decode_body(body, keys.get(h.session_id))
-                if isinstance(packet, DecodeError):
-                    self.unopened += 1
-                    continue
-                self.decrypted.append(encode_payload(packet.message))
-                self.seen += patient_values(packet.message)
-            else:
-                self.plain.append(body)
-                packet = decode_body(body)
-                if isinstance(packet, Packet):
-                    self.plain_fields += len(patient_values(packet.message))
-
-
 @over_link("eavesdropping", sizes=(100, 20_000))
 def eavesdropping_over_link(size: int, budget: Budget, seed: int, pump: DeviceUnderTest) -> Outcome:
     """Capture every byte both ways of clinical visits over the link (IDENTIFY, the handshake, a
@@ -929,15 +825,13 @@ def eavesdropping_over_link(size: int, budget: Budget, seed: int, pump: DeviceUn
     identity = pump.interrogate_at_start
     known: list[object] = [identity.serial_number, identity.model]
     patient = pump.keys.for_role(Role.PATIENT) is not None
-    sessions = 0
-    sealed_bytes = plain_bytes = matches_sealed = matches_plain = 0
-    patterns_total = missed_controls = chance_ppm = coincidences = unopened = 0
+    tally = EavesdropTally()
     note = ""
     try:
-        while sessions < size and not budget.expired():
+        while tally.sessions < size and not budget.expired():
             link.forget_bytes()
             link.identify()
-            role = Role.PATIENT if sessions % 3 == 2 and patient else Role.CLINICIAN
+            role = Role.PATIENT if tally.sessions % 3 == 2 and patient else Role.CLINICIAN
             s = link.open(role)
             if role is Role.CLINICIAN:
                 _clinical_work(s, found, rng)
@@ -946,55 +840,24 @@ def eavesdropping_over_link(size: int, budget: Budget, seed: int, pump: DeviceUn
                 _patient_work(s, found)
             s.need(m.Status(), m.StatusReply)
             s.close()
-            capture = _Capture()
+            capture = Capture()
             capture.add(bytes(link.written), link.keys)
             capture.add(bytes(link.wire.received), link.keys)
-            values = known + capture.seen
-            patterns = eavesdrop_patterns(values)
-            # the positive control: each value seen in a payload is found there by the same scan
-            seen = capture.seen
-            controls = {p for p in eavesdrop_patterns(seen) if len(p) == 4 or not is_number_pattern(p, seen)}
-            missed_controls += sum(1 for p in controls if scan_each(capture.decrypted, {p}) == 0)
-            patterns_total += len(patterns)
-            matches_sealed += scan_each(capture.sealed, patterns)
-            # numbers in plaintext frames are structured (a u32 may be another field of equal value),
-            # so the frames are read field by field and scanned for text; numbers counted apart
-            text = {p for p in patterns if not is_number_pattern(p, values)}
-            matches_plain += scan_each(capture.plain, text) + capture.plain_fields
-            coincidences += scan_each(capture.plain, patterns - text)
-            sealed = sum(len(part) for part in capture.sealed)
-            sealed_bytes += sealed
-            plain_bytes += sum(len(part) for part in capture.plain)
-            chance_ppm += sum(chance_matches_ppm(len(part), patterns) for part in capture.sealed)
-            unopened += capture.unopened
-            sessions += 1
+            tally.add(capture, known)
     except (_Refused, ProgrammerError) as exc:
         note = f"stopped: {exc}"
     finally:
         link.close_all()
     restored = found.restore(pump)
-    bound = chance_bound(chance_ppm)
-    ok = matches_sealed <= bound and matches_plain == 0 and missed_controls == 0 and not note and not restored
+    ok = tally.ok and not note and not restored
     notes = [
         "patterns of 4 to 16 bytes; the sealed part of each frame (ciphertext and tag) is scanned; "
         "IDENTIFY and SESSION_OPEN are plaintext by design",
         *(n for n in (note, restored) if n),
     ]
     return Outcome(
-        done=sessions,
-        figures={
-            "sessions": sessions,
-            "sealed_bytes_scanned": sealed_bytes,
-            "plaintext_bytes_scanned": plain_bytes,
-            "patterns": patterns_total,
-            "matches": matches_sealed,
-            "plaintext_matches": matches_plain,
-            "plaintext_u32_coincidences": coincidences,
-            "expected_chance_matches_ppm": chance_ppm,
-            "chance_bound": bound,
-            "patterns_missing_from_plaintext": missed_controls,
-            "sealed_frames_not_opened": unopened,
-        },
+        done=tally.sessions,
+        figures={**tally.figures(), "sealed_frames_not_opened": tally.unopened},
         ok=ok,
         note="; ".join(notes),
     )

@@ -6,6 +6,10 @@ virtual time) and counts what the attacker achieved. "Accepted" or "executed" me
 acted (its therapy, its exactly-once table, its stage slot, its sessions or its log beyond
 SECURITY entries changed) or answered the frame with a non-error reply; every refusal must also be
 in the event log as a SECURITY entry (aggregated: the entries' counts add up to the refusals).
+
+The same rows run over a link (``hil.campaigns.link_security``) build their attacker frames and
+judge what an eavesdropper learns with the pieces here: ``forge``, ``readdressed``, ``Capture``
+and ``EavesdropTally``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from firmware_model.config import PumpConfig
 from firmware_model.device import Device, DeviceConfig
@@ -35,11 +39,14 @@ from protocol_spec.codec import (
     encode_payload,
 )
 from protocol_spec.enums import (
+    PROTOCOL_VERSION,
     AlarmCode,
     BolusKind,
+    Direction,
     DrugId,
     ErrorCode,
     FaultKind,
+    FrameFlags,
     LogEventKind,
     MsgType,
     ProgramSlot,
@@ -57,12 +64,19 @@ from . import Budget, Outcome, campaign
 __all__ = [
     "FALSE_ALARM",
     "FLOOD_MIX",
+    "FORGERIES",
+    "Capture",
+    "EavesdropTally",
     "Probe",
+    "Refusals",
     "chance_bound",
     "chance_matches_ppm",
     "eavesdrop_patterns",
+    "forge",
     "is_number_pattern",
     "patient_values",
+    "readdressed",
+    "replay_figures",
     "scan",
     "scan_each",
 ]
@@ -301,7 +315,34 @@ def _clinical_work(clin: _Programmer, rng: random.Random) -> None:
 # ====================================================================== 1. replay
 
 
-def _retarget(frame: bytes, session_id: int) -> bytes:
+class Refusals(Protocol):
+    """A tally of attacker frames by what became of them, in-process or over a link."""
+
+    @property
+    def frames(self) -> int: ...
+
+    @property
+    def accepted(self) -> int: ...
+
+    def count(self, name: str) -> int:
+        """The frames refused with the error code of this name, or counted under it."""
+        ...
+
+
+def replay_figures(t: Refusals, dropped: str) -> dict[str, int | float]:
+    """The replay row's first figures: frames replayed, accepted, and refused by code; ``dropped``
+    is the name the tally counts frames dropped unanswered in a bad-tag backoff under."""
+    return {
+        "replayed": t.frames,
+        "accepted": t.accepted,
+        "refused_replayed_counter": t.count(ErrorCode.REPLAYED_COUNTER.name),
+        "refused_no_session": t.count(ErrorCode.NO_SESSION.name),
+        "refused_bad_tag": t.count(ErrorCode.BAD_TAG.name),
+        "dropped_in_backoff": t.count(dropped),
+    }
+
+
+def readdressed(frame: bytes, session_id: int) -> bytes:
     """The frame with its header naming another session (CRC recomputed): the header is the
     AEAD's associated data, so only the tag can refuse it."""
     (body,) = _bodies(frame)
@@ -366,7 +407,7 @@ def replay(size: int, budget: Budget, seed: int) -> Outcome:
         new_ids = {role: p.open() for role, p in restarted.items()}
         if not replay_all("programmer_restart", [f for _, f in recorded]):
             break
-        if not replay_all("programmer_restart", [_retarget(f, new_ids[r]) for r, f in recorded]):
+        if not replay_all("programmer_restart", [readdressed(f, new_ids[r]) for r, f in recorded]):
             break
         # 3. every session closed; new ones opened
         for p in (clin, pat, *restarted.values()):
@@ -375,7 +416,7 @@ def replay(size: int, budget: Budget, seed: int) -> Outcome:
         new_ids = {role: p.open() for role, p in fresh.items()}
         if not replay_all("new_session", [f for _, f in recorded]):
             break
-        if not replay_all("new_session", [_retarget(f, new_ids[r]) for r, f in recorded]):
+        if not replay_all("new_session", [readdressed(f, new_ids[r]) for r, f in recorded]):
             break
         # 4. the pump resets (TEST fault RESET) and its entropy source starts over; the old
         #    SESSION_OPEN frames are replayed, then every recorded frame
@@ -393,12 +434,7 @@ def replay(size: int, budget: Budget, seed: int) -> Outcome:
     return Outcome(
         done=t.frames,
         figures={
-            "replayed": t.frames,
-            "accepted": t.accepted,
-            "refused_replayed_counter": t.count(ErrorCode.REPLAYED_COUNTER.name),
-            "refused_no_session": t.count(ErrorCode.NO_SESSION.name),
-            "refused_bad_tag": t.count(ErrorCode.BAD_TAG.name),
-            "dropped_in_backoff": t.count("dropped"),
+            **replay_figures(t, "dropped"),
             "logged": t.logged,
             "sessions_recorded": rounds * 2,
             "reset_sessions_reopened_with_old_id": hellos_same_id,
@@ -412,35 +448,43 @@ def replay(size: int, budget: Budget, seed: int) -> Outcome:
 # ====================================================================== 2. forgery
 
 
-def _forge(
-    kind: str, session: Channel, other_keys: SessionKeys, message: object, cid: int, rng: random.Random
+FORGERIES = ("random_tag", "wrong_key", "flipped_tag", "flipped_ciphertext", "flipped_header")
+"""The kinds of forged frame (``forge``)."""
+
+
+def forge(
+    kind: str,
+    keys: SessionKeys,
+    other: SessionKeys,
+    message: object,
+    counter: int,
+    command_id: int,
+    rng: random.Random,
 ) -> bytes:
-    """One forged frame on an open session: a valid request, then its tag or ciphertext spoiled."""
-    out = session.request(message, cid if CATALOG[request_type_of(message)].effectful else 0)
-    (body,) = _bodies(out.data)
-    raw = bytearray(body)
+    """One forged frame of ``kind`` (``FORGERIES``) on the open session of ``keys``: the request
+    of ``message`` with ``counter`` and ``command_id``, sealed with the session's keys and then its
+    tag replaced, or one bit of its tag, its ciphertext (``message`` needs a payload) or its
+    authenticated header flipped; or sealed with ``other``, another key set's keys (wrong_key)."""
+    header = encode_header(
+        Header(PROTOCOL_VERSION, request_type_of(message), FrameFlags.SECURED, keys.session_id, counter, 0, command_id)
+    )
+    payload = encode_payload(message)
+    sealing = other if kind == "wrong_key" else keys
+    raw = bytearray(header + seal_payload(sealing, Direction.PROGRAMMER_TO_PUMP, counter, header, payload))
     if kind == "random_tag":
         raw[-TAG_BYTES:] = rng.randbytes(TAG_BYTES)
-    elif kind == "wrong_key":
-        header = body[:HEADER_BYTES]
-        h = decode_header(body)
-        assert h is not None
-        plain = encode_payload(message)
-        raw = bytearray(header + seal_payload(other_keys, h.direction, h.counter, header, plain))
     elif kind == "flipped_tag":
         bit = rng.randrange(TAG_BYTES * 8)
         raw[len(raw) - TAG_BYTES + bit // 8] ^= 1 << (bit % 8)
     elif kind == "flipped_ciphertext":
-        length = len(raw) - HEADER_BYTES - TAG_BYTES
-        bit = rng.randrange(length * 8)
+        bit = rng.randrange(len(payload) * 8)
         raw[HEADER_BYTES + bit // 8] ^= 1 << (bit % 8)
-    else:  # flipped_header: counter, echo counter or command id (the AEAD's associated data)
+    elif kind == "flipped_header":  # counter, echo counter or command id: the AEAD's associated data
         bit = rng.randrange(7 * 8, HEADER_BYTES * 8)
         raw[bit // 8] ^= 1 << (bit % 8)
     return encode_frame(bytes(raw))
 
 
-FORGERIES = ("random_tag", "wrong_key", "flipped_tag", "flipped_ciphertext", "flipped_header")
 _FORGED_REQUESTS: tuple[object, ...] = (
     m.Status(),
     m.SetClock(1_800_000_000_000),
@@ -479,8 +523,8 @@ def forgery(size: int, budget: Budget, seed: int) -> Outcome:
     keys = clin.session.session_keys
     assert keys is not None
     wrong_key = RoleKey(Role.CLINICIAN, keys.key_id, rng.randbytes(32))  # another device's key set
-    forger = Channel(from_pump=False, keys=keys, first_counter=1 << 40)  # above the genuine counters
     other = derive_session_keys(wrong_key, keys.session_id, rng.randbytes(16), rng.randbytes(16))
+    counter = 1 << 40  # above the genuine counters
     t = _Tally()
     kinds: dict[str, int] = {}
     genuine = genuine_answered = 0
@@ -490,7 +534,10 @@ def forgery(size: int, budget: Budget, seed: int) -> Outcome:
             message = _FORGED_REQUESTS[rng.randrange(len(_FORGED_REQUESTS))]
             if kind == "flipped_ciphertext" and not encode_payload(message):
                 message = _FORGED_REQUESTS[1]
-            frame = _forge(kind, forger, other, message, rng.getrandbits(63) + 1, rng)
+            cid = rng.getrandbits(63) + 1
+            command_id = cid if CATALOG[request_type_of(message)].effectful else 0
+            frame = forge(kind, keys, other, message, counter, command_id, rng)
+            counter += 1
             wire.now_ms += _FRAME_SPACING_MS
             probe, _ = _probe(device, frame, wire.now_ms)
             t.add(probe)
@@ -702,6 +749,113 @@ def chance_bound(expected_ppm: int, false_alarm: float = FALSE_ALARM) -> int:
     return k
 
 
+@dataclass
+class Capture:
+    """The frames of one captured session, taken apart with the session keys the eavesdropping
+    judge holds (``add``). Each frame's part is kept apart: scanned one by one, a pattern can
+    never straddle two frames (nor match a separator put between them)."""
+
+    sealed: list[bytes] = field(default_factory=list)
+    """The sealed part (ciphertext and tag) of every SECURED frame."""
+    plain: list[bytes] = field(default_factory=list)
+    """Every plaintext frame body (IDENTIFY, SESSION_OPEN and their replies, plaintext refusals)."""
+    decrypted: list[bytes] = field(default_factory=list)
+    """The payload of every SECURED frame, opened: the positive control."""
+    seen: list[object] = field(default_factory=list)
+    """Every patient value in the opened payloads."""
+    plain_fields: int = 0
+    """Patient values in plaintext frames' fields (none may be)."""
+    unopened: int = 0
+    """SECURED frames that do not open with the keys held."""
+    unreadable: int = 0
+    """Plaintext frames that do not decode."""
+
+    def add(self, stream: bytes, keys: dict[int, SessionKeys]) -> None:
+        """The frames of ``stream`` (bytes as the line carried them), opened with the keys of
+        their sessions."""
+        for body in _bodies(stream):
+            h = decode_header(body)
+            if h is not None and h.secured:
+                self.sealed.append(body[HEADER_BYTES:])
+                packet = decode_body(body, keys.get(h.session_id))
+                if isinstance(packet, DecodeError):
+                    self.unopened += 1
+                    continue
+                self.decrypted.append(encode_payload(packet.message))
+                self.seen += patient_values(packet.message)
+            else:
+                self.plain.append(body)
+                packet = decode_body(body)
+                if isinstance(packet, DecodeError):
+                    self.unreadable += 1
+                    continue
+                self.plain_fields += len(patient_values(packet.message))
+
+
+@dataclass
+class EavesdropTally:
+    """What the scans of the captured sessions found, summed over the sessions (``add``)."""
+
+    sessions: int = 0
+    sealed_bytes: int = 0
+    plain_bytes: int = 0
+    patterns: int = 0
+    matches_sealed: int = 0
+    matches_plain: int = 0
+    coincidences: int = 0
+    """u32 patterns found in plaintext frames: other fields of equal value, not leaks."""
+    chance_ppm: int = 0
+    missed_controls: int = 0
+    unopened: int = 0
+
+    def add(self, capture: Capture, known: list[object]) -> None:
+        """Scan one captured session for ``known`` (what the eavesdropper knows of the pump: its
+        serial number and model) and every patient value seen in its payloads."""
+        values = known + capture.seen
+        patterns = eavesdrop_patterns(values)
+        # the positive control: each value seen in a payload is found there by the same scan
+        seen = capture.seen
+        controls = {pat for pat in eavesdrop_patterns(seen) if len(pat) == 4 or not is_number_pattern(pat, seen)}
+        self.missed_controls += sum(1 for pat in controls if scan_each(capture.decrypted, {pat}) == 0)
+        self.patterns += len(patterns)
+        self.matches_sealed += scan_each(capture.sealed, patterns)
+        # plaintext frames are read field by field (no field may hold patient data) and scanned for
+        # the text patterns; numbers there are structured (a u32 may be another field of equal
+        # value: SESSION_OPEN's 300,000 ms timeout and a 300 ug/day dose), counted apart
+        text = {pat for pat in patterns if not is_number_pattern(pat, values)}
+        self.matches_plain += scan_each(capture.plain, text) + capture.plain_fields
+        self.coincidences += scan_each(capture.plain, patterns - text)
+        self.sealed_bytes += sum(len(part) for part in capture.sealed)
+        self.plain_bytes += sum(len(part) for part in capture.plain)
+        self.chance_ppm += sum(chance_matches_ppm(len(part), patterns) for part in capture.sealed)
+        self.unopened += capture.unopened
+        self.sessions += 1
+
+    @property
+    def bound(self) -> int:
+        """The most matches in the sealed parts that random bytes show (``chance_bound``)."""
+        return chance_bound(self.chance_ppm)
+
+    @property
+    def ok(self) -> bool:
+        """No more matches in the sealed parts than chance, none in plaintext, every control found."""
+        return self.matches_sealed <= self.bound and self.matches_plain == 0 and self.missed_controls == 0
+
+    def figures(self) -> dict[str, int | float]:
+        return {
+            "sessions": self.sessions,
+            "sealed_bytes_scanned": self.sealed_bytes,
+            "plaintext_bytes_scanned": self.plain_bytes,
+            "patterns": self.patterns,
+            "matches": self.matches_sealed,
+            "plaintext_matches": self.matches_plain,
+            "plaintext_u32_coincidences": self.coincidences,
+            "expected_chance_matches_ppm": self.chance_ppm,
+            "chance_bound": self.bound,
+            "patterns_missing_from_plaintext": self.missed_controls,
+        }
+
+
 @campaign(
     "eavesdropping",
     row="eavesdropping",
@@ -717,20 +871,16 @@ def eavesdropping(size: int, budget: Budget, seed: int) -> Outcome:
     and the plaintext pre-session frames for the same. The decrypted payloads must hold every
     pattern (a positive control: the scan would find them if they leaked)."""
     rng = _rng(seed)
-    sealed_bytes = plain_bytes = matches_sealed = matches_plain = 0
-    patterns_total = missed_controls = 0
-    chance_ppm = coincidences = 0
-    sessions = 0
-    while sessions < size and not budget.expired():
+    tally = EavesdropTally()
+    while tally.sessions < size and not budget.expired():
         serial = f"VP{rng.randrange(10**7):07d}"
         model = f"pumprig-{rng.randrange(10**6):06d}"
         device, _ = _device(rng.getrandbits(32), config=DeviceConfig(serial_number=serial, model=model))
         wire = _Wire(device)
-        role = Role.CLINICIAN if sessions % 3 != 2 else Role.PATIENT
+        role = Role.CLINICIAN if tally.sessions % 3 != 2 else Role.PATIENT
         p = _Programmer(wire, role, _rng(rng.getrandbits(32)), _rng(rng.getrandbits(32)))
         p.call(m.Identify())
         p.open()
-        values: list[object] = [serial, model]
         if role is Role.CLINICIAN:
             _clinical_work(p, rng)
             p.call(m.Interrogate())
@@ -741,62 +891,17 @@ def eavesdropping(size: int, budget: Budget, seed: int) -> Outcome:
         # every patient value that crossed the link, either way
         keys = p.session.session_keys
         assert keys is not None
-        sealed: list[bytes] = []  # each frame's part apart: no match straddles two frames
-        plain: list[bytes] = []
-        plain_fields = 0
-        decrypted: list[bytes] = []
-        seen: list[object] = []
+        capture = Capture()
         for chunk in wire.to_pump + wire.from_pump:
-            for body in _bodies(chunk):
-                h = decode_header(body)
-                assert h is not None
-                if h.secured:
-                    sealed.append(body[HEADER_BYTES:])
-                    packet = decode_body(body, keys)
-                    if isinstance(packet, DecodeError):
-                        raise RuntimeError(f"a frame of the captured session does not decode: {packet}")
-                    decrypted.append(encode_payload(packet.message))
-                    seen += patient_values(packet.message)
-                else:
-                    plain.append(body)
-                    packet = decode_body(body, None)
-                    if isinstance(packet, DecodeError):
-                        raise RuntimeError(f"a plaintext frame does not decode: {packet}")
-                    plain_fields += len(patient_values(packet.message))
-        values += seen
-        patterns = eavesdrop_patterns(values)
-        # the positive control: each value seen in a payload is found there by the same scan
-        controls = {pat for pat in eavesdrop_patterns(seen) if len(pat) == 4 or not is_number_pattern(pat, seen)}
-        missed_controls += sum(1 for pat in controls if scan_each(decrypted, {pat}) == 0)
-        patterns_total += len(patterns)
-        matches_sealed += scan_each(sealed, patterns)
-        # plaintext frames are read field by field (no field may hold patient data) and scanned for
-        # the text patterns; numbers there are structured (a u32 may be another field of equal
-        # value: SESSION_OPEN's 300,000 ms timeout and a 300 ug/day dose), counted apart
-        text = {pat for pat in patterns if not is_number_pattern(pat, values)}
-        matches_plain += scan_each(plain, text) + plain_fields
-        coincidences += scan_each(plain, patterns - text)
-        sealed_bytes += sum(len(part) for part in sealed)
-        plain_bytes += sum(len(part) for part in plain)
-        chance_ppm += sum(chance_matches_ppm(len(part), patterns) for part in sealed)
-        sessions += 1
-    bound = chance_bound(chance_ppm)
-    ok = matches_sealed <= bound and matches_plain == 0 and missed_controls == 0
+            capture.add(chunk, {keys.session_id: keys})
+        if capture.unopened or capture.unreadable:
+            undecoded = f"{capture.unopened} sealed, {capture.unreadable} plaintext"
+            raise RuntimeError(f"frames of the captured session do not decode: {undecoded}")
+        tally.add(capture, [serial, model])
     return Outcome(
-        done=sessions,
-        figures={
-            "sessions": sessions,
-            "sealed_bytes_scanned": sealed_bytes,
-            "plaintext_bytes_scanned": plain_bytes,
-            "patterns": patterns_total,
-            "matches": matches_sealed,
-            "plaintext_matches": matches_plain,
-            "plaintext_u32_coincidences": coincidences,
-            "expected_chance_matches_ppm": chance_ppm,
-            "chance_bound": bound,
-            "patterns_missing_from_plaintext": missed_controls,
-        },
-        ok=ok,
+        done=tally.sessions,
+        figures=tally.figures(),
+        ok=tally.ok,
         note="patterns of 4 to 15 bytes; the sealed part of each frame (ciphertext and tag) is scanned apart; "
         "met when the matches are no more than random bytes show but once in a million runs",
     )
