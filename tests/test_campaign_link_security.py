@@ -85,6 +85,18 @@ def test_replay_without_the_test_role_skips_the_reset_and_says_so(pump_without_t
     assert "no replays after a reset" in o.note
 
 
+def _logs_all_but(unlogged: ErrorCode, pump: DeviceUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break the target: it refuses as before but leaves ``unlogged`` refusals out of its log."""
+    device = device_of(pump)
+    log = device._security_event
+
+    def log_all_but(code: ErrorCode, request: Header) -> None:
+        if code is not unlogged:
+            log(code, request)
+
+    monkeypatch.setattr(device, "_security_event", log_all_but)
+
+
 def test_replay_over_a_link_fails_on_a_pump_that_accepts_a_replayed_counter(
     pump: DeviceUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,14 +109,7 @@ def test_replay_over_a_link_fails_on_a_pump_that_accepts_a_replayed_counter(
 def test_replay_over_a_link_fails_on_a_pump_that_does_not_log_replays(
     pump: DeviceUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    device = device_of(pump)
-    log = device._security_event
-
-    def log_all_but_replays(code: ErrorCode, request: Header) -> None:
-        if code is not ErrorCode.REPLAYED_COUNTER:
-            log(code, request)
-
-    monkeypatch.setattr(device, "_security_event", log_all_but_replays)
+    _logs_all_but(ErrorCode.REPLAYED_COUNTER, pump, monkeypatch)
     o = ls.replay_over_link(100, Budget(None), SEED, pump)
     assert not o.ok
     assert o.figures["accepted"] == 0
@@ -150,14 +155,7 @@ def test_forgery_over_a_link_fails_on_a_pump_that_skips_the_tag_check(
 def test_forgery_over_a_link_fails_on_a_pump_that_does_not_log_bad_tags(
     pump: DeviceUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    device = device_of(pump)
-    log = device._security_event
-
-    def log_all_but_bad_tags(code: ErrorCode, request: Header) -> None:
-        if code is not ErrorCode.BAD_TAG:
-            log(code, request)
-
-    monkeypatch.setattr(device, "_security_event", log_all_but_bad_tags)
+    _logs_all_but(ErrorCode.BAD_TAG, pump, monkeypatch)
     o = ls.forgery_over_link(200, Budget(None), SEED, pump)
     assert not o.ok
     assert o.figures["accepted"] == 0
