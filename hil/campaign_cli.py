@@ -76,6 +76,8 @@ reached or identified.
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="The key set of the pump given by --url (default: the published TEST keys).",
 )
+@click.option("--dtr/--no-dtr", default=None, help="DTR of the pump given by --url once open (default: asserted).")
+@click.option("--rts/--no-rts", default=None, help="RTS of the pump given by --url once open (default: asserted).")
 @click.option("--list", "list_only", is_flag=True, help="List the campaigns; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="The figures as JSON on stdout.")
 def campaign_command(
@@ -89,6 +91,8 @@ def campaign_command(
     target_name: str | None,
     targets_file: Path | None,
     key_file: Path | None,
+    dtr: bool | None,
+    rts: bool | None,
     list_only: bool,
     as_json: bool,
 ) -> None:
@@ -129,7 +133,7 @@ def campaign_command(
     except UsageError as exc:
         raise click.BadParameter(str(exc), param_hint="--budget") from exc
     console = Console(stderr=True, soft_wrap=True)
-    pump = _connect(url, target_name, targets_file, key_file, console) if over_link else None
+    pump = _connect(url, target_name, targets_file, key_file, (dtr, rts), console) if over_link else None
     entries: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     try:
@@ -166,14 +170,20 @@ def campaign_command(
 
 
 def _connect(
-    url: str | None, name: str | None, targets_file: Path | None, key_file: Path | None, console: Console
+    url: str | None,
+    name: str | None,
+    targets_file: Path | None,
+    key_file: Path | None,
+    lines: tuple[bool | None, bool | None],
+    console: Console,
 ) -> DeviceUnderTest:
-    """The target, connected and identified; exit 3 if it cannot be reached."""
+    """The target, connected and identified; exit 3 if it cannot be reached. ``lines``: DTR
+    and RTS of a target given by URL (a target of the file says its own)."""
     from . import urlhandler  # noqa: PLC0415 - pump:// before the first open
 
     urlhandler.register()
     if url is not None:
-        target = target_for_url(url, key_file)
+        target = target_for_url(url, key_file, dtr=lines[0], rts=lines[1])
     else:
         try:
             known = load_targets(targets_file)

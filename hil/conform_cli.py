@@ -74,6 +74,13 @@ The same suite runs under pytest: pytest --pump-url URL --pump-profile core (plu
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="The key set of the pumps given by --url (default: the published TEST keys).",
 )
+@click.option(
+    "--dtr/--no-dtr",
+    default=None,
+    help="DTR of the pumps given by --url once the port is open (default: asserted; --no-dtr: a board that "
+    "resets on DTR).",
+)
+@click.option("--rts/--no-rts", default=None, help="RTS of the pumps given by --url, likewise.")
 @click.option("--profile", type=click.Choice(PROFILES), default="core", show_default=True, help="Conformance profile.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML results here.")
 @click.option(
@@ -89,6 +96,8 @@ def conform_command(
     names: tuple[str, ...],
     targets_file: Path | None,
     key_file: Path | None,
+    dtr: bool | None,
+    rts: bool | None,
     profile: str,
     junit: Path | None,
     report_dir: Path | None,
@@ -110,7 +119,7 @@ def conform_command(
     if not urls and not names:
         urls = (DEFAULT_URL,)
         console.print(f"no --url or --target: testing the built-in virtual pump ({DEFAULT_URL})")
-    selection = Selection(urls=urls, names=names, targets_file=targets_file, key_file=key_file)
+    selection = Selection(urls=urls, names=names, targets_file=targets_file, key_file=key_file, dtr=dtr, rts=rts)
     targets = _resolve(selection)
     for target in targets:
         _preflight(target, console)
@@ -130,7 +139,7 @@ def conform_command(
 
 
 def _resolve(selection: Selection) -> list[Target]:
-    targets = [target_for_url(u, selection.key_file) for u in selection.urls]
+    targets = [target_for_url(u, selection.key_file, dtr=selection.dtr, rts=selection.rts) for u in selection.urls]
     if selection.names:
         try:
             known = load_targets(selection.targets_file)

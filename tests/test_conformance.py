@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import serial
 
 from hil.conformance.dut import SUITE_DOSE_NG_PER_DAY, DeviceUnderTest, continuous
 from hil.conformance.requirements import PROFILES, RequirementError, load_requirements
-from hil.conformance.runner import collect_suite, group_by_requirement
+from hil.conformance.runner import Selection, collect_suite, group_by_requirement, pytest_args
 from hil.conformance.sharedport import SharedPort
-from hil.conformance.targets import Target, TargetError, load_targets
+from hil.conformance.targets import Target, TargetError, load_targets, target_for_url
 from protocol_spec import messages as m
 from protocol_spec.codec import Header, encode_header
 from protocol_spec.enums import (
@@ -95,6 +96,35 @@ def test_a_target_file_with_an_unknown_feature_is_refused(tmp_path: Path) -> Non
     path.write_text('[target.x]\nurl = "pump://"\nfeatures = ["teleport"]\n')
     with pytest.raises(TargetError, match="unknown feature 'teleport'"):
         load_targets(path)
+
+
+def test_a_target_file_sets_the_dtr_and_rts_lines_and_the_run_passes_them_on(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text('[target.uno]\nurl = "/dev/ttyACM0"\ndtr = false\n\n[target.bad]\nurl = "pump://"\nrts = "low"\n')
+    with pytest.raises(TargetError, match="rts is true or false"):
+        load_targets(path)
+    path.write_text('[target.uno]\nurl = "/dev/ttyACM0"\ndtr = false\n')
+    uno = load_targets(path)["uno"]
+    assert (uno.dtr, uno.rts) == (False, None)
+    args = pytest_args(Selection(urls=("/dev/ttyUSB0",), dtr=False, rts=True), profile="core", seed=1)
+    assert args[args.index("--pump-dtr") + 1] == "off"
+    assert args[args.index("--pump-rts") + 1] == "on"
+    assert "--pump-dtr" not in pytest_args(Selection(urls=("/dev/ttyUSB0",)), profile="core", seed=1)
+
+
+def test_a_served_pump_is_tested_with_dtr_and_rts_held_low(tmp_path: Path) -> None:
+    """A board that resets on a DTR or RTS edge is opened with both lines held low (a pty takes
+    the same modem-line calls a USB serial port does)."""
+    with served(tmp_path, "--pty") as (server, url):
+        dut = DeviceUnderTest.connect(target_for_url(url, dtr=False, rts=False))
+        try:
+            port = dut._shared.port
+            assert isinstance(port, serial.Serial)
+            assert (port.dtr, port.rts) == (False, False)
+            assert dut.clinician.status().rate_nl_per_day >= 0
+        finally:
+            dut.close()
+        stop_cleanly(server, tmp_path)
 
 
 def test_expected_failures_match_by_test_name_or_requirement() -> None:

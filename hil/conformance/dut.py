@@ -160,7 +160,7 @@ class DeviceUnderTest:
     @classmethod
     def connect(cls, target: Target) -> DeviceUnderTest:
         keys = KeySet.load(target.key_file) if target.key_file is not None else TEST_KEY_SET
-        port = open_port(target.url)
+        port = open_port(target.url, dtr=target.dtr, rts=target.rts)
         try:
             return cls(target, port, keys)
         except BaseException:

@@ -76,6 +76,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="the key set of the pumps given by --pump-url (default: the published TEST keys)",
     )
+    for line in ("dtr", "rts"):
+        group.addoption(
+            f"--pump-{line}",
+            choices=("on", "off"),
+            default=None,
+            help=f"the {line.upper()} line of the pumps given by --pump-url once the port is open (default: on, "
+            "as pyserial opens it; off keeps an auto-reset board from resetting again)",
+        )
     group.addoption(
         "--pump-profile",
         choices=PROFILES,
@@ -112,7 +120,8 @@ def _targets(config: pytest.Config) -> list[Target]:
     names: list[str] = config.getoption("--pump-target")
     file: str | None = config.getoption("--pump-targets")
     key_file: str | None = config.getoption("--pump-key-file")
-    targets = [target_for_url(u, Path(key_file) if key_file else None) for u in urls]
+    dtr, rts = (_line(config.getoption(f"--pump-{line}")) for line in ("dtr", "rts"))
+    targets = [target_for_url(u, Path(key_file) if key_file else None, dtr=dtr, rts=rts) for u in urls]
     if names:
         known = load_targets(Path(file) if file else None)
         for name in names:
@@ -120,6 +129,10 @@ def _targets(config: pytest.Config) -> list[Target]:
                 raise TargetError(f"no target {name!r}; the targets file defines: {', '.join(known)}")
             targets.append(known[name])
     return targets
+
+
+def _line(value: str | None) -> bool | None:
+    return None if value is None else value == "on"
 
 
 def requirement_ids(item: pytest.Item) -> tuple[str, ...]:

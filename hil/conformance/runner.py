@@ -222,6 +222,10 @@ class Selection:
     targets_file: Path | None = None
     key_file: Path | None = None
     """The key set of the ``urls`` (None: the published TEST keys)."""
+    dtr: bool | None = None
+    """The DTR line of the ``urls`` once open (None: asserted, as pyserial opens the port)."""
+    rts: bool | None = None
+    """The RTS line, likewise."""
 
 
 def pytest_args(
@@ -241,6 +245,9 @@ def pytest_args(
         args += ["--pump-url", url]
     if selection.key_file is not None:
         args += ["--pump-key-file", str(selection.key_file)]
+    for line, value in (("dtr", selection.dtr), ("rts", selection.rts)):
+        if value is not None:
+            args += [f"--pump-{line}", "on" if value else "off"]
     for name in selection.names:
         args += ["--pump-target", name]
     if selection.targets_file is not None:

@@ -43,6 +43,11 @@ class Target:
     key_file: Path | None = None
     expected_failures: Mapping[str, str] = field(default_factory=dict)
     """Test name (``module.py::function``) or requirement id -> why it is expected to fail."""
+    dtr: bool | None = None
+    """The DTR line once the port is open (None: asserted, as pyserial opens it). False holds it
+    low: an auto-reset board is not reset again by the programmers that open after the first."""
+    rts: bool | None = None
+    """The RTS line, likewise."""
 
     def expected_failure(self, test_name: str, requirement_ids: tuple[str, ...]) -> str | None:
         """Why ``test_name`` is expected to fail on this target, or None."""
@@ -66,9 +71,11 @@ def parse_features(names: list[object], where: str) -> Feature:
     return result
 
 
-def target_for_url(url: str, key_file: Path | None = None) -> Target:
+def target_for_url(
+    url: str, key_file: Path | None = None, *, dtr: bool | None = None, rts: bool | None = None
+) -> Target:
     """A bare URL as a target: named after it, every feature it announces."""
-    return Target(name=url, url=url, description="given by URL", key_file=key_file)
+    return Target(name=url, url=url, description="given by URL", key_file=key_file, dtr=dtr, rts=rts)
 
 
 def _shipped() -> str:
@@ -93,7 +100,7 @@ def load_targets(path: Path | None = None) -> dict[str, Target]:
 
 
 def _target(name: str, entry: Mapping[str, object], where: str, base: Path) -> Target:
-    allowed = {"url", "description", "features", "key_file", "expected_failures"}
+    allowed = {"url", "description", "features", "key_file", "expected_failures", "dtr", "rts"}
     extra = entry.keys() - allowed
     if extra:
         raise TargetError(f"{where}: unknown keys {sorted(extra)}; allowed: {sorted(allowed)}")
@@ -109,6 +116,12 @@ def _target(name: str, entry: Mapping[str, object], where: str, base: Path) -> T
     failures = entry.get("expected_failures", {})
     if not isinstance(failures, dict) or not all(isinstance(v, str) and v.strip() for v in failures.values()):
         raise TargetError(f"{where}: expected_failures maps a test or requirement to its reason (a string)")
+    lines: dict[str, bool | None] = {}
+    for line in ("dtr", "rts"):
+        value = entry.get(line)
+        if value is not None and not isinstance(value, bool):
+            raise TargetError(f"{where}: {line} is true or false (the line once the port is open)")
+        lines[line] = value
     description = entry.get("description", "")
     return Target(
         name=name,
@@ -117,4 +130,6 @@ def _target(name: str, entry: Mapping[str, object], where: str, base: Path) -> T
         features=parse_features(features, where) if features is not None else None,
         key_file=(base / key_file) if key_file else None,
         expected_failures=dict(failures),
+        dtr=lines["dtr"],
+        rts=lines["rts"],
     )
