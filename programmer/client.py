@@ -52,7 +52,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import serial
 from serial.serialutil import SerialException
@@ -105,7 +105,16 @@ from .session import (
     judge_outcome,
 )
 
-__all__ = ["POLL_MS", "Programmer", "PublishedKeysWarning", "SerialPort", "TracingPort", "link_error", "open_port"]
+__all__ = [
+    "POLL_MS",
+    "Programmer",
+    "ProgrammerOptions",
+    "PublishedKeysWarning",
+    "SerialPort",
+    "TracingPort",
+    "link_error",
+    "open_port",
+]
 
 POLL_MS = 20
 """The port's read timeout: how often the deadlines of the session are looked at."""
@@ -122,6 +131,18 @@ T = TypeVar("T")
 
 _ONE_FRAME_REFUSALS = frozenset({ErrorCode.REPLAYED_COUNTER, ErrorCode.BAD_TAG})
 """Refusals of a frame, not of the command: the pump checked them before the command id."""
+
+
+class ProgrammerOptions(TypedDict, total=False):
+    """The keyword options of ``Programmer`` a caller may pass through (``**options``) to one it
+    has made for it (the rig's device under test does)."""
+
+    reply_timeout_ms: int
+    retries: int
+    clock: Callable[[], int] | None
+    sleep: Callable[[float], None] | None
+    command_ids: Callable[[], int]
+    trace: Callable[[str], None] | None
 
 
 class PublishedKeysWarning(UserWarning):

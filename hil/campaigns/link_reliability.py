@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from hil.conformance import SUITE_CONCENTRATION_UG_PER_ML, SUITE_DOSE_NG_PER_DAY, DeviceUnderTest, continuous
 from hil.faults import Direction, Fault, FaultyLink
 from programmer import Programmer, ProgrammerError, PumpRefused, UncertainOutcome
+from programmer.client import ProgrammerOptions
 from protocol_spec import messages as m
 from protocol_spec.codec import encode_payload
 from protocol_spec.enums import BolusKind, ErrorCode, Feature, ProgramSlot, RefillConfirmation, Role
@@ -146,6 +147,11 @@ def _one_op(pump: DeviceUnderTest, op: _Op, clinician: Programmer, patient: Prog
     return check_op(OpCheck(op.kind, result, effects, listed, program_ok, state_ok)), how
 
 
+def _ids_from(rng: random.Random) -> Callable[[], int]:
+    """Command ids drawn from ``rng``: a schedule is reproducible from its seed, ids included."""
+    return lambda: rng.getrandbits(63) + 1
+
+
 def _kinds(pump: DeviceUnderTest) -> tuple[str, ...]:
     """The kinds this target can carry out (a patient bolus needs the feature)."""
     return tuple(k for k in LINK_OP_KINDS if k != "patient" or pump.has(Feature.PATIENT_BOLUS))
@@ -175,11 +181,7 @@ def lost_replies_over_link(size: int, budget: Budget, seed: int, pump: DeviceUnd
             split=rng.random() < 0.5,
         )
         ids = _rng(rng.getrandbits(64))
-        options = {
-            "reply_timeout_ms": REPLY_TIMEOUT_MS,
-            "retries": RETRIES,
-            "command_ids": lambda ids=ids: ids.getrandbits(63) + 1,
-        }
+        options = ProgrammerOptions(reply_timeout_ms=REPLY_TIMEOUT_MS, retries=RETRIES, command_ids=_ids_from(ids))
         timeout = pump.port.timeout
         try:
             with contextlib.ExitStack() as stack:

@@ -26,8 +26,9 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Unpack
 
-from programmer.client import Programmer, PublishedKeysWarning, SerialPort, open_port
+from programmer.client import Programmer, ProgrammerOptions, PublishedKeysWarning, SerialPort, open_port
 from programmer.errors import ProgrammerError, PumpRefused
 from protocol_spec import messages as m
 from protocol_spec.channel import new_command_id
@@ -187,22 +188,24 @@ class DeviceUnderTest:
             self._programmers[role] = prog
         return prog
 
-    def new_programmer(self, role: Role, **options: object) -> Programmer:
+    def new_programmer(self, role: Role, **options: Unpack[ProgrammerOptions]) -> Programmer:
         """A programmer of its own (a session of its own) on the shared port; the caller closes it.
         ``options`` go to ``Programmer`` (``reply_timeout_ms``, ``retries``, ``clock``...)."""
         view = self._shared.view()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PublishedKeysWarning)
-            prog = Programmer(view, keys=self.keys, role=role, url=self.target.url, **options)  # type: ignore[arg-type]
+            prog = Programmer(view, keys=self.keys, role=role, url=self.target.url, **options)
         view.session_id = lambda: prog.session_id
         prog.connect()
         return prog
 
     @contextlib.contextmanager
-    def programmer_on(self, port: SerialPort, role: Role = Role.CLINICIAN, **options: object) -> Iterator[Programmer]:
+    def programmer_on(
+        self, port: SerialPort, role: Role = Role.CLINICIAN, **options: Unpack[ProgrammerOptions]
+    ) -> Iterator[Programmer]:
         """A programmer on a wrapper of the shared port (a fault-injecting link), closed after."""
         timeout = self._raw_view.timeout
-        prog = Programmer(port, keys=self.keys, role=role, url=self.target.url, **options)  # type: ignore[arg-type]
+        prog = Programmer(port, keys=self.keys, role=role, url=self.target.url, **options)
         try:
             prog.connect()
             yield prog
