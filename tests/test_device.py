@@ -336,6 +336,27 @@ def test_an_effectful_request_without_a_command_id_is_refused() -> None:
 _REFILL_BODY_BITS = (HEADER_BYTES + len(encode_payload(REFILL_FULL)) + TAG_BYTES) * 8
 
 
+def test_the_bad_tag_backoff_runs_on_real_time_not_on_the_pump_s_clock() -> None:
+    """SPEC.md, Errors: a backoff ends by real time, whatever the pump's clock does (held here)."""
+    rig = _rig()
+    clin = rig.open(Role.CLINICIAN)
+    test = rig.open(Role.TEST)
+    rig.ok(m.HoldClock(1), test)
+    held_at = rig.pump.now_ms
+
+    def forged() -> bytes:
+        return flip_bit(rig.frame(m.Status(), clin).data, 7 * 8)
+
+    ex = rig.deliver(forged())
+    assert ex.code is ErrorCode.BAD_TAG
+    backoff_ms = ex.error.retry_after_ms
+    rig.wait(backoff_ms - 1)
+    assert rig.deliver(forged()).wire == b"", "still in the backoff"
+    rig.wait(2)
+    assert rig.deliver(forged()).code is ErrorCode.BAD_TAG, "the backoff ended by real time"
+    assert rig.pump.now_ms == held_at, "while the pump's clock stood still"
+
+
 @given(bit=st.integers(7 * 8, _REFILL_BODY_BITS - 1))
 @settings(max_examples=40)
 def test_a_flipped_bit_gets_bad_tag_then_a_backoff(bit: int) -> None:

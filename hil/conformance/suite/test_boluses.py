@@ -251,8 +251,9 @@ def test_patient_bolus_daily_maximum(pump: DeviceUnderTest) -> None:
 def test_patient_bolus_refused_while_disabled(pump: DeviceUnderTest) -> None:
     assert pump.clinician.interrogate().patient_bolus.enabled == 0
     before = pump.clinician.status()
-    with pytest.raises(PumpRefused):
+    with pytest.raises(PumpRefused) as refused:
         pump.patient.patient_bolus_request()
+    assert refused.value.code is ErrorCode.NOT_SUPPORTED  # SPEC.md, Therapy modes
     after = pump.clinician.status()
     assert after.bolus_active is BolusKind.NONE
     assert after.delivered_nl - before.delivered_nl <= pump.baseline.step_volume_nl  # the basal alone, if time runs
