@@ -180,8 +180,11 @@ def test_rate_outside_the_library_refused(pump: DeviceUnderTest) -> None:
     for dose in (too_fast, too_slow):
         with pytest.raises(PumpRefused) as caught:
             pump.clinician.stage_program(continuous(dose), override_soft_limits=True)
-        assert caught.value.code in {ErrorCode.HARD_LIMIT, ErrorCode.OUT_OF_RANGE}, caught.value
+        assert caught.value.code is ErrorCode.OUT_OF_RANGE, caught.value  # SPEC.md, Therapy modes
         assert caught.value.field == PROGRAM_FIELD
+        lo, hi = caught.value.lo, caught.value.hi  # the doses whose rates fit at the concentration
+        assert lo * 1000 // CONC >= lim.min_rate_nl_per_day > (lo - 1) * 1000 // CONC
+        assert hi * 1000 // CONC <= lim.max_rate_nl_per_day < (hi + 1) * 1000 // CONC
     assert_program_unchanged(pump, before)
     for rate in (lim.max_rate_nl_per_day, lim.min_rate_nl_per_day):
         staged = pump.clinician.stage_program(continuous(rate * CONC // 1000), override_soft_limits=True)
