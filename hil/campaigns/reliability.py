@@ -826,7 +826,7 @@ _MINIMUM_STEPS_PER_DAY = LIMITS.min_rate_nl_per_day // STEP_NL
     row="memory corruption",
     target="100 % detected; one bad copy repaired; both bad: MEMORY_ERROR and the safe state; "
     "no delivery from corrupt parameters",
-    unit="bit flips",
+    unit="corrupted images",
     sizes=(2_000, 200_000),
 )
 def memory_corruption(size: int, budget: Budget, seed: int) -> Outcome:
