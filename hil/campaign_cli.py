@@ -18,6 +18,7 @@ from protocol_spec.enums import Feature
 from .campaigns import SIZES, load_all, render_table, run_campaign, update_readme
 from .conformance import DeviceUnderTest
 from .conformance.targets import TargetError, feature_names, load_targets, target_for_url
+from .target_options import target_options
 
 __all__ = ["campaign_command"]
 
@@ -65,19 +66,7 @@ reached or identified.
     "--url", metavar="URL", help="Run over a link to this pump (a serial URL: /dev/..., rfc2217://, pump://)."
 )
 @click.option("--target", "target_name", metavar="NAME", help="Run over a link to this pump of the targets file.")
-@click.option(
-    "--targets",
-    "targets_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Targets file (TOML; default: the shipped hil/conformance/targets.toml).",
-)
-@click.option(
-    "--key-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="The key set of the pump given by --url (default: the published TEST keys).",
-)
-@click.option("--dtr/--no-dtr", default=None, help="DTR of the pump given by --url once open (default: asserted).")
-@click.option("--rts/--no-rts", default=None, help="RTS of the pump given by --url once open (default: asserted).")
+@target_options
 @click.option("--list", "list_only", is_flag=True, help="List the campaigns; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="The figures as JSON on stdout.")
 def campaign_command(

@@ -26,6 +26,7 @@ from .conformance.runner import (
     run_conformance,
 )
 from .conformance.targets import Target, TargetError, feature_names, load_targets, target_for_url
+from .target_options import target_options
 
 __all__ = ["conform_command"]
 
@@ -63,24 +64,7 @@ The same suite runs under pytest: pytest --pump-url URL --pump-profile core (plu
 @click.option(
     "--target", "names", multiple=True, metavar="NAME", help="A pump by name in the targets file (repeatable)."
 )
-@click.option(
-    "--targets",
-    "targets_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Targets file (TOML; default: the shipped hil/conformance/targets.toml).",
-)
-@click.option(
-    "--key-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="The key set of the pumps given by --url (default: the published TEST keys).",
-)
-@click.option(
-    "--dtr/--no-dtr",
-    default=None,
-    help="DTR of the pumps given by --url once the port is open (default: asserted; --no-dtr: a board that "
-    "resets on DTR).",
-)
-@click.option("--rts/--no-rts", default=None, help="RTS of the pumps given by --url, likewise.")
+@target_options
 @click.option("--profile", type=click.Choice(PROFILES), default="core", show_default=True, help="Conformance profile.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML results here.")
 @click.option(
