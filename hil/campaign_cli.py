@@ -12,13 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from programmer.calc import parse_duration_ms
-from programmer.errors import ProgrammerError, UsageError
+from programmer.errors import UsageError
 from protocol_spec.enums import Feature
 
 from .campaigns import SIZES, load_all, render_table, run_campaign, update_readme
 from .conformance import DeviceUnderTest
-from .conformance.targets import TargetError, feature_names, load_targets, target_for_url
-from .target_options import target_options
+from .conformance.targets import target_for_url
+from .target_options import connect_or_exit, named_targets, target_options
 
 __all__ = ["campaign_command"]
 
@@ -168,27 +168,9 @@ def _connect(
 ) -> DeviceUnderTest:
     """The target, connected and identified; exit 3 if it cannot be reached. ``lines``: DTR
     and RTS of a target given by URL (a target of the file says its own)."""
-    from . import urlhandler  # noqa: PLC0415 - pump:// before the first open
-
-    urlhandler.register()
     if url is not None:
         target = target_for_url(url, key_file, dtr=lines[0], rts=lines[1])
     else:
-        try:
-            known = load_targets(targets_file)
-        except TargetError as exc:
-            raise click.UsageError(str(exc)) from exc
-        if name not in known:
-            raise click.UsageError(f"no target {name!r}; defined: {', '.join(known)}")
-        target = known[name]
-    try:
-        pump = DeviceUnderTest.connect(target)
-    except (ProgrammerError, TargetError, OSError) as exc:
-        console.print(f"[red]cannot reach {target.name}[/red]: {exc}")
-        sys.exit(3)
-    i = pump.interrogate_at_start
-    console.print(
-        f"target {target.name}: {i.model} {i.serial_number}, firmware {i.firmware_major}.{i.firmware_minor}."
-        f"{i.firmware_patch}, features: {', '.join(feature_names(pump.features))}"
-    )
-    return pump
+        assert name is not None
+        (target,) = named_targets((name,), targets_file)
+    return connect_or_exit(target, console, verb="reach")

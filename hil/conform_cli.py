@@ -11,9 +11,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from programmer.errors import ProgrammerError
-
-from .conformance.dut import DeviceUnderTest
 from .conformance.report import group_summary, write_report
 from .conformance.requirements import PROFILES, RequirementError, load_requirements
 from .conformance.runner import (
@@ -25,8 +22,8 @@ from .conformance.runner import (
     group_by_requirement,
     run_conformance,
 )
-from .conformance.targets import Target, TargetError, feature_names, load_targets, target_for_url
-from .target_options import target_options
+from .conformance.targets import Target, target_for_url
+from .target_options import connect_or_exit, named_targets, target_options
 
 __all__ = ["conform_command"]
 
@@ -123,35 +120,13 @@ def conform_command(
 
 
 def _resolve(selection: Selection) -> list[Target]:
-    targets = [target_for_url(u, selection.key_file, dtr=selection.dtr, rts=selection.rts) for u in selection.urls]
-    if selection.names:
-        try:
-            known = load_targets(selection.targets_file)
-        except TargetError as exc:
-            raise click.UsageError(str(exc)) from exc
-        for name in selection.names:
-            if name not in known:
-                raise click.UsageError(f"no target {name!r}; defined: {', '.join(known)}")
-            targets.append(known[name])
-    return targets
+    urls = [target_for_url(u, selection.key_file, dtr=selection.dtr, rts=selection.rts) for u in selection.urls]
+    return urls + named_targets(selection.names, selection.targets_file)
 
 
 def _preflight(target: Target, console: Console) -> None:
     """Connect once before the run, so an unreachable target is one clear error, not N failed tests."""
-    from . import urlhandler  # noqa: PLC0415 - pump:// before the first open
-
-    urlhandler.register()
-    try:
-        dut = DeviceUnderTest.connect(target)
-    except (ProgrammerError, TargetError, OSError) as exc:
-        console.print(f"[red]cannot test {target.name}[/red]: {exc}")
-        sys.exit(3)
-    i = dut.identity
-    console.print(
-        f"target {target.name}: protocol {i.min_protocol_version}..{i.protocol_version}, firmware "
-        f"{i.firmware_major}.{i.firmware_minor}.{i.firmware_patch}, features: {', '.join(feature_names(dut.features))}"
-    )
-    dut.close()
+    connect_or_exit(target, console, verb="test").close()
 
 
 def _run(
